@@ -1,0 +1,1 @@
+//! FAT patching (placeholder; being written).

@@ -1,0 +1,3 @@
+//! File-system patchers: FAT through `fatfs`, ext4 through libext2fs.
+
+pub mod fat;

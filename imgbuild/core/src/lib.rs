@@ -1,0 +1,14 @@
+//! imgbuild's pipeline as a library: each module is one stage of turning a base image into a
+//! provisioned one. The `imgbuild` binary is a thin command-line layer over this crate.
+//!
+//! Stages, in order: [`board`] (what the image looks like), [`config`] (what the user wants),
+//! [`source`] (decompress the base into a sparse working copy), [`disk`] (partition table and
+//! file-system probes), [`fs`] (FAT and ext4 patching), [`plan`] (config → list of actions),
+//! [`apply`] (actions → image), [`pack`] (image → artifacts), [`manifest`] (what was written).
+
+pub mod disk;
+pub mod error;
+pub mod fs;
+pub mod source;
+
+pub use error::{Error, Result};

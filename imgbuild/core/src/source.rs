@@ -1,0 +1,1 @@
+//! Decompression of the base image (placeholder; being written).

@@ -1,0 +1,1 @@
+//! Safe wrapper over libext2fs (placeholder; being written).
