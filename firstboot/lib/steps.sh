@@ -1,0 +1,312 @@
+# shellcheck shell=bash
+# The first-boot steps. Each step_NAME runs in a subshell with errexit (see run_step in common.sh)
+# and must be safe to run again after a partial run.
+
+# ---------------------------------------------------------------- serial
+
+# serial_from_cmdline: the value of the last imgbuild.serial= word of the kernel command line.
+serial_from_cmdline() {
+    local file=$R/proc/cmdline value='' word
+    local -a words=()
+    [[ -r $file ]] || return 0
+    read -r -a words <"$file" || true
+    for word in "${words[@]}"; do
+        if [[ $word == imgbuild.serial=* ]]; then value=${word#imgbuild.serial=}; fi
+    done
+    printf '%s' "$value"
+}
+
+# serial_from_devicetree: /serial-number of the device tree, up to its terminating NUL.
+serial_from_devicetree() {
+    local file=$R/sys/firmware/devicetree/base/serial-number value=''
+    [[ -r $file ]] || return 0
+    IFS= read -r -d '' value <"$file" || true
+    printf '%s' "$value"
+}
+
+# serial_from_cpuinfo: the "Serial" field of /proc/cpuinfo (Raspberry Pi kernels only).
+serial_from_cpuinfo() {
+    local file=$R/proc/cpuinfo key value
+    [[ -r $file ]] || return 0
+    while IFS=: read -r key value; do
+        if [[ ${key//[[:space:]]/} == Serial ]]; then
+            printf '%s' "$value"
+            return 0
+        fi
+    done <"$file"
+}
+
+# serial_from_dmi: the DMI product serial (x86 and SystemReady arm64 boards).
+serial_from_dmi() {
+    local file=$R/sys/class/dmi/id/product_serial value=''
+    [[ -r $file ]] || return 0
+    IFS= read -r value <"$file" || true
+    printf '%s' "$value"
+}
+
+# usable_serial VALUE: false for empty, all-zero and firmware placeholder serials.
+usable_serial() {
+    local value=${1,,}
+    [[ -n $value && ! $value =~ ^0+$ ]] || return 1
+    case $value in
+    tobefilledbyoem | defaultstring | none | notspecified | notapplicable | systemserialnumber | 0123456789) return 1 ;;
+    esac
+}
+
+step_serial() {
+    local source serial
+    for source in cmdline devicetree cpuinfo dmi; do
+        serial=$("serial_from_$source")
+        serial=${serial//[^A-Za-z0-9_-]/}
+        if usable_serial "$serial"; then
+            ((${#serial} <= 128)) || die "serial number from $source is longer than 128 characters"
+            printf '%s\n' "$serial" >"$SERIAL_FILE"
+            log "serial number '$serial' (from $source)"
+            return 0
+        fi
+    done
+    die "no serial number found (kernel command line imgbuild.serial=, device-tree serial-number," \
+        "/proc/cpuinfo Serial, DMI product_serial): add imgbuild.serial=<serial> to the kernel command line"
+}
+
+# ---------------------------------------------------------------- clock
+
+step_clock() {
+    local synced=$R/run/systemd/timesync/synchronized waited=0 now
+    while [[ ! -e $synced ]] && ((waited < CLOCK_WAIT_SECONDS)); do
+        sleep 5
+        waited=$((waited + 5))
+    done
+    if [[ -e $synced ]]; then
+        log "clock synchronized by systemd-timesyncd"
+        return 0
+    fi
+    now=$(date +%s)
+    ((now >= BUILD_EPOCH)) || die "the clock reads $now (Unix time), before the image was built ($BUILD_EPOCH)," \
+        "and NTP did not synchronize within ${CLOCK_WAIT_SECONDS}s: TLS would fail; give the device network access to NTP"
+    log "NTP not synchronized within ${CLOCK_WAIT_SECONDS}s; the clock is after the image build time, continuing"
+}
+
+# ---------------------------------------------------------------- packages
+
+# apt_get ARGS...: apt-get, non-interactive, waiting for the dpkg lock, through PROXY_URL when set.
+apt_get() {
+    local -a options=(-o DPkg::Lock::Timeout=300)
+    if [[ -n $PROXY_URL ]]; then
+        options+=(-o "Acquire::http::Proxy=$PROXY_URL" -o "Acquire::https::Proxy=$PROXY_URL")
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get "${options[@]}" "$@"
+}
+
+# required_packages: the Debian packages first boot installs, one per line.
+required_packages() {
+    if [[ $DOCKER_FLAVOR == docker-ce ]]; then
+        printf '%s\n' docker-ce docker-ce-cli containerd.io
+    else
+        printf '%s\n' docker.io
+    fi
+    printf '%s\n' "$JAVA_PACKAGE" sudo unzip curl ca-certificates
+}
+
+# install_preseeded DEB...: install the pre-seeded .deb files without downloading, then check that
+# every required package ended up installed.
+install_preseeded() {
+    local -a packages
+    local status line
+    mapfile -t packages < <(required_packages)
+    log "installing $# pre-seeded package file(s) from $PRESEED_DIR/debs"
+    apt_get install -y --no-download --no-install-recommends "$@"
+    status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}") ||
+        die "some of ${packages[*]} are unknown to dpkg after installing the pre-seeded .deb files"
+    while read -r line; do
+        [[ $line == *' installed' ]] || die "package '${line%% *}' is not installed after installing the" \
+            "pre-seeded .deb files (state: ${line#* })"
+    done <<<"$status"
+}
+
+# os_codename: VERSION_CODENAME from /etc/os-release.
+os_codename() {
+    local key value
+    while IFS='=' read -r key value; do
+        if [[ $key == VERSION_CODENAME ]]; then
+            printf '%s' "${value//\"/}"
+            return 0
+        fi
+    done <"$R/etc/os-release"
+    die "no VERSION_CODENAME in $R/etc/os-release"
+}
+
+# add_docker_repository: Docker's apt repository (its key is downloaded unless the image ships it).
+add_docker_repository() {
+    local keyring=/etc/apt/keyrings/docker.asc arch codename
+    retry "$APT_RETRIES" "$RETRY_DELAY_SECONDS" apt_get install -y --no-install-recommends ca-certificates curl
+    if [[ ! -s $R$keyring ]]; then
+        make_dir 0755 "$R${keyring%/*}"
+        download https://download.docker.com/linux/debian/gpg "$R$keyring"
+        chmod 0644 "$R$keyring"
+    fi
+    arch=$(dpkg --print-architecture)
+    codename=$(os_codename)
+    make_dir 0755 "$R/etc/apt/sources.list.d"
+    printf 'deb [arch=%s signed-by=%s] https://download.docker.com/linux/debian %s stable\n' \
+        "$arch" "$keyring" "$codename" >"$R/etc/apt/sources.list.d/docker.list"
+    chmod 0644 "$R/etc/apt/sources.list.d/docker.list"
+    retry "$APT_RETRIES" "$RETRY_DELAY_SECONDS" apt_get update
+}
+
+step_packages() {
+    local -a packages debs
+    mapfile -t packages < <(required_packages)
+    dpkg --configure -a
+    shopt -s nullglob # steps run in a subshell: this does not leak
+    debs=("$PRESEED_DIR"/debs/*.deb)
+    if ((${#debs[@]} > 0)); then
+        install_preseeded "${debs[@]}"
+        return 0
+    fi
+    log "no pre-seeded packages: installing ${packages[*]} from the network"
+    retry "$APT_RETRIES" "$RETRY_DELAY_SECONDS" apt_get update
+    if [[ $DOCKER_FLAVOR == docker-ce ]]; then add_docker_repository; fi
+    retry "$APT_RETRIES" "$RETRY_DELAY_SECONDS" apt_get install -y --no-install-recommends "${packages[@]}"
+}
+
+# ---------------------------------------------------------------- users
+
+step_users() {
+    local staged=$SUDOERS_FILE.new
+    getent group "$GG_GROUP" >/dev/null || groupadd --system "$GG_GROUP"
+    getent passwd "$GG_USER" >/dev/null || useradd --system --create-home --gid "$GG_GROUP" "$GG_USER"
+    getent group docker >/dev/null || groupadd --system docker
+    usermod -aG docker "$GG_USER"
+    # Greengrass runs component commands with "sudo -u ggc_user -g ggc_group": root must be allowed to
+    # run commands as any user and group (AWS IoT Greengrass device requirements).
+    make_dir 0750 "${SUDOERS_FILE%/*}"
+    printf '%s\n' '# Written by imgbuild-firstboot: AWS IoT Greengrass runs components through sudo as ggc_user.' \
+        'root    ALL=(ALL:ALL) ALL' >"$staged"
+    chmod 0440 "$staged"
+    if have visudo; then
+        visudo -cf "$staged" >/dev/null || die "visudo rejected $staged"
+    else
+        log "visudo not found: $SUDOERS_FILE not syntax-checked"
+    fi
+    mv -f "$staged" "$SUDOERS_FILE"
+}
+
+# ---------------------------------------------------------------- download
+
+# download URL DEST: fetch URL to DEST with retries, through PROXY_URL when set.
+download() {
+    local -a options=(--fail --silent --show-error --location --retry 5 --retry-delay 10 --retry-connrefused
+        --connect-timeout 30 --max-time 900)
+    if [[ -n $PROXY_URL ]]; then options+=(--proxy "$PROXY_URL"); fi
+    curl "${options[@]}" --output "$2" "$1" || die "download of $1 failed (curl exit $?)"
+}
+
+# sha256_of FILE: the hex SHA-256 of FILE.
+sha256_of() {
+    local line
+    line=$(sha256sum "$1")
+    printf '%s' "${line%% *}"
+}
+
+# fetch_artifact URL SHA256 PRESEEDED DEST: DEST with the pinned SHA256, copied from PRESEEDED when it
+# exists, else downloaded from URL. A file with another hash is deleted and the step fails.
+fetch_artifact() {
+    local url=$1 expected=$2 preseeded=$3 dest=$4 source actual
+    if [[ -f $dest && $(sha256_of "$dest") == "$expected" ]]; then
+        log "$dest already present and verified"
+        return 0
+    fi
+    make_dir 0700 "${dest%/*}"
+    if [[ -f $preseeded ]]; then
+        source=$preseeded
+        log "using pre-seeded $preseeded"
+        cp -f "$preseeded" "$dest.part"
+    else
+        source=$url
+        log "downloading $url"
+        download "$url" "$dest.part"
+    fi
+    actual=$(sha256_of "$dest.part")
+    if [[ $actual != "$expected" ]]; then
+        rm -f "$dest.part"
+        if [[ $source == "$preseeded" ]]; then rm -f "$preseeded"; fi
+        die "sha256 mismatch for $source: got $actual, expected $expected; file deleted"
+    fi
+    mv -f "$dest.part" "$dest"
+}
+
+# verify_nucleus_signature: jarsigner -verify of the nucleus zip (a signed jar), when a JDK provides jarsigner.
+verify_nucleus_signature() {
+    local output
+    if ! have jarsigner; then
+        log "jarsigner not found ($JAVA_PACKAGE has no JDK tools): signature check of $NUCLEUS_ZIP skipped;" \
+            "its pinned sha256 matched"
+        return 0
+    fi
+    if ! output=$(jarsigner -verify "$NUCLEUS_ZIP" 2>&1) || [[ $output != *'jar verified.'* ]]; then
+        rm -f "$NUCLEUS_ZIP"
+        die "jarsigner -verify did not verify $NUCLEUS_ZIP (file deleted): ${output//$'\n'/ }"
+    fi
+    log "jarsigner verified the signature of $NUCLEUS_ZIP"
+}
+
+step_download() {
+    fetch_artifact "$NUCLEUS_URL" "$NUCLEUS_SHA256" "$PRESEED_DIR/greengrass-nucleus-$NUCLEUS_VERSION.zip" "$NUCLEUS_ZIP"
+    fetch_artifact "$PLUGIN_URL" "$PLUGIN_SHA256" "$PRESEED_DIR/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar" \
+        "$PLUGIN_JAR"
+    verify_nucleus_signature
+    rm -rf "$INSTALLER_DIR"
+    unzip -q -o "$NUCLEUS_ZIP" -d "$INSTALLER_DIR"
+    [[ -f $INSTALLER_DIR/lib/Greengrass.jar ]] || die "$NUCLEUS_ZIP has no lib/Greengrass.jar"
+}
+
+# ---------------------------------------------------------------- config
+
+step_config() {
+    local path template serial
+    for path in "$CLAIM_CERT" "$CLAIM_KEY" "$ROOT_CA" "$CONFIG_TEMPLATE"; do
+        [[ -s $path ]] || die "$path is missing or empty: the image must be built with the claim material"
+    done
+    template=$(<"$CONFIG_TEMPLATE")
+    [[ $template == *"$SERIAL_PLACEHOLDER"* ]] || die "$CONFIG_TEMPLATE has no $SERIAL_PLACEHOLDER placeholder"
+    serial=$(<"$SERIAL_FILE")
+    make_dir 0700 "$WORK_DIR"
+    printf '%s\n' "${template//"$SERIAL_PLACEHOLDER"/$serial}" >"$INIT_CONFIG.part"
+    mv -f "$INIT_CONFIG.part" "$INIT_CONFIG"
+    log "rendered $INIT_CONFIG for serial number '$serial'"
+}
+
+# ---------------------------------------------------------------- install
+
+step_install() {
+    local jar=$INSTALLER_DIR/lib/Greengrass.jar
+    java -Droot="$R$GG_ROOT" -Dlog.store=FILE -jar "$jar" \
+        --trusted-plugin "$PLUGIN_JAR" \
+        --init-config "$INIT_CONFIG" \
+        --component-default-user "$GG_USER:$GG_GROUP" \
+        --setup-system-service true ||
+        die "the Greengrass installer failed (exit $?): see $GG_ROOT/logs/greengrass.log"
+}
+
+step_service() {
+    local waited=0
+    until systemctl is-active --quiet "$GG_UNIT_NAME"; do
+        ((waited < GG_ACTIVE_TIMEOUT_SECONDS)) || die "$GG_UNIT_NAME is not active after ${waited}s:" \
+            "see journalctl -u $GG_UNIT_NAME and $GG_ROOT/logs/greengrass.log"
+        sleep 5
+        waited=$((waited + 5))
+    done
+    log "$GG_UNIT_NAME is active"
+}
+
+# ---------------------------------------------------------------- finish
+
+step_finish() {
+    rm -f "$CLAIM_KEY" "$CLAIM_CERT" "$INIT_CONFIG" "$CONFIG_TEMPLATE"
+    rm -rf "$WORK_DIR" "$PRESEED_DIR"
+    : >"$DONE_MARKER"
+    log "provisioned: claim key, certificate and configs deleted; $DONE_MARKER written"
+    systemctl disable "$UNIT_NAME" ||
+        log "WARNING: 'systemctl disable $UNIT_NAME' failed; $DONE_MARKER still keeps it from running again"
+}
