@@ -6,9 +6,18 @@
 //! file-system probes), [`fs`] (FAT and ext4 patching), [`plan`] (config → list of actions),
 //! [`apply`] (actions → image), [`pack`] (image → artifacts), [`manifest`] (what was written).
 
+pub mod access;
+pub mod apply;
+pub mod board;
+pub mod config;
 pub mod disk;
 pub mod error;
 pub mod fs;
+pub mod inspect;
+pub mod pack;
+pub mod pipeline;
+pub mod plan;
 pub mod source;
+pub mod units;
 
 pub use error::{Error, Result};

@@ -1,0 +1,386 @@
+//! End-to-end builds with the real binary over fixtures shaped like the real base images,
+//! checked with e2fsck, fsck.vfat, debugfs, mtools, sfdisk/sgdisk, xz and sha256sum.
+
+mod common;
+
+use common::*;
+use imgbuild_testkit::{
+    compress, debugfs_cat, debugfs_ls, debugfs_readlink, debugfs_stat, mtype, run, sfdisk_dump,
+    sgdisk_verify, sha256_file, Compression, ExtKind, Fixture, Layout,
+};
+use std::path::Path;
+use std::process::Command;
+
+/// Writes a project (config, overlay with overlay.toml, a template) into `dir`.
+fn project(dir: &Path, board: &str, extra: &str) {
+    let ov = dir.join("rootfs-overlay");
+    std::fs::create_dir_all(ov.join("etc/app")).expect("mkdir");
+    std::fs::create_dir_all(ov.join("usr/local/bin")).expect("mkdir");
+    std::fs::create_dir_all(ov.join("etc/systemd/system")).expect("mkdir");
+    std::fs::write(ov.join("etc/app/app.conf"), "level=debug\n").expect("write");
+    std::fs::write(ov.join("etc/app/secret"), "s3cr3t\n").expect("write");
+    std::fs::write(ov.join("usr/local/bin/hello"), "#!/bin/sh\necho hello\n").expect("write");
+    run(Command::new("chmod")
+        .arg("755")
+        .arg(ov.join("usr/local/bin/hello")));
+    std::os::unix::fs::symlink("app.conf", ov.join("etc/app/current")).expect("symlink");
+    let long_target = format!("/usr/share/{}/target", "very-long-directory-name".repeat(8));
+    std::os::unix::fs::symlink(&long_target, ov.join("etc/app/long")).expect("symlink");
+    std::fs::write(
+        ov.join("etc/systemd/system/hello.service"),
+        "[Unit]\nDescription=hello\n[Service]\nExecStart=/usr/local/bin/hello\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .expect("write");
+    std::fs::write(
+        ov.join("overlay.toml"),
+        "[\"/etc/app/secret\"]\nmode = \"0600\"\nowner = \"root:adm\"\n[\"/etc/app\"]\nmode = \"0750\"\n",
+    )
+    .expect("write");
+    std::fs::create_dir_all(dir.join("templates")).expect("mkdir");
+    std::fs::write(
+        dir.join("templates/motd.tera"),
+        "Welcome to {{ hostname }} ({{ user.name }})\n",
+    )
+    .expect("write");
+    let config = format!(
+        r#"board = "{board}"
+hostname = "gg-node-7"
+overlays = ["rootfs-overlay"]
+
+[user]
+name = "admin"
+ssh_authorized_keys = ["{SSH_KEY}"]
+
+[boot]
+cmdline_append = ["cgroup_enable=memory", "cgroup_memory=1"]
+
+[boot.config]
+dtparam = "audio=off"
+enable_uart = "1"
+
+[[file]]
+path = "/etc/imgbuild-release"
+content = "built by imgbuild\n"
+mode = "0640"
+owner = "root:adm"
+
+[[template]]
+source = "motd.tera"
+path = "/etc/motd"
+
+[systemd]
+enable = ["hello.service", "ssh.service"]
+{extra}"#
+    );
+    std::fs::write(dir.join("imgbuild.toml"), config).expect("write config");
+}
+
+fn stat(img: &Path, f: &Fixture, path: &str) -> imgbuild_testkit::ExtStat {
+    debugfs_stat(img, f.root.offset_bytes, path)
+        .unwrap_or_else(|| panic!("{path} missing in the image"))
+}
+
+/// Builds `base` with the project in `dir` and returns the decompressed result after checking
+/// the artifacts with xz -t and sha256sum -c.
+fn build_ok(dir: &Path, board: &str, base: &Path) -> std::path::PathBuf {
+    let o = imgbuild(
+        dir,
+        &[
+            "--board",
+            board,
+            "--base",
+            base.to_str().expect("utf8"),
+            "--out",
+            "dist",
+            "--name",
+            "img",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dist = dir.join("dist");
+    let xz = dist.join("img.img.xz");
+    assert!(
+        run(Command::new("xz").arg("-t").arg(&xz)).status.success(),
+        "xz -t failed"
+    );
+    let check = run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("img.img.xz.sha256")
+        .current_dir(&dist));
+    assert!(
+        check.status.success(),
+        "sha256sum -c: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert!(dist.join("img.bmap").exists() && dist.join("manifest.json").exists());
+    unxz(&xz, dir)
+}
+
+#[test]
+fn rpi_os_build_injects_everything_and_stays_clean() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let base = compress(&raw_base, Compression::Xz);
+    let base_sha = sha256_file(&base);
+    let table_before = sfdisk_dump(&raw_base).replace(raw_base.to_str().expect("utf8"), "IMG");
+    project(dir.path(), "rpi4", "");
+    let img = build_ok(dir.path(), "rpi4", &base);
+
+    assert_eq!(sha256_file(&base), base_sha, "the base file changed");
+    assert_eq!(
+        sfdisk_dump(&img).replace(img.to_str().expect("utf8"), "IMG"),
+        table_before,
+        "partition table changed"
+    );
+    assert_fs_clean(&img, &f);
+    let off = f.root.offset_bytes;
+    // Overlay: bytes, modes, owners from overlay.toml, defaults otherwise.
+    assert_eq!(
+        debugfs_cat(&img, off, "/etc/app/app.conf"),
+        b"level=debug\n"
+    );
+    let s = stat(&img, &f, "/etc/app/secret");
+    assert_eq!((s.mode, s.uid, s.gid), (0o600, 0, 4));
+    let s = stat(&img, &f, "/etc/app");
+    assert_eq!((s.kind, s.mode, s.uid), (ExtKind::Dir, 0o750, 0));
+    let s = stat(&img, &f, "/usr/local/bin/hello");
+    assert_eq!(
+        (s.mode, s.uid, s.gid, s.mtime),
+        (0o755, 0, 0, 1_700_000_000)
+    );
+    assert_eq!(stat(&img, &f, "/etc/app/app.conf").mode, 0o644);
+    assert_eq!(debugfs_readlink(&img, off, "/etc/app/current"), "app.conf");
+    assert!(debugfs_readlink(&img, off, "/etc/app/long")
+        .starts_with("/usr/share/very-long-directory-name"));
+    // [[file]] and [[template]].
+    assert_eq!(
+        debugfs_cat(&img, off, "/etc/imgbuild-release"),
+        b"built by imgbuild\n"
+    );
+    let s = stat(&img, &f, "/etc/imgbuild-release");
+    assert_eq!((s.mode, s.uid, s.gid), (0o640, 0, 4));
+    assert_eq!(
+        debugfs_cat(&img, off, "/etc/motd"),
+        b"Welcome to gg-node-7 (admin)\n"
+    );
+    // Hostname, SSH key, sshd drop-in; RPi OS's userconf.txt + ssh on the boot partition.
+    assert_eq!(debugfs_cat(&img, off, "/etc/hostname"), b"gg-node-7\n");
+    assert!(
+        String::from_utf8_lossy(&debugfs_cat(&img, off, "/etc/hosts"))
+            .contains("127.0.1.1\tgg-node-7")
+    );
+    assert_eq!(
+        debugfs_cat(&img, off, "/etc/ssh/authorized_keys/admin"),
+        format!("{SSH_KEY}\n").as_bytes()
+    );
+    let dropin = String::from_utf8_lossy(&debugfs_cat(
+        &img,
+        off,
+        "/etc/ssh/sshd_config.d/50-imgbuild.conf",
+    ))
+    .into_owned();
+    assert!(dropin.contains("PasswordAuthentication no"), "{dropin}");
+    let boot = f.boot.offset_bytes;
+    assert_eq!(
+        mtype(&img, boot, "/userconf.txt"),
+        b"admin:!\n",
+        "no password => locked password"
+    );
+    assert!(mtype(&img, boot, "/ssh").is_empty());
+    // cmdline.txt stays one line, tokens appended once; config.txt edited.
+    let cmdline = String::from_utf8_lossy(&mtype(&img, boot, "/cmdline.txt")).into_owned();
+    assert_eq!(cmdline.trim_end().lines().count(), 1, "{cmdline:?}");
+    assert!(
+        cmdline.contains("rootwait cgroup_enable=memory cgroup_memory=1"),
+        "{cmdline:?}"
+    );
+    let config = String::from_utf8_lossy(&mtype(&img, boot, "/config.txt")).into_owned();
+    assert!(
+        config.contains("dtparam=audio=off") && config.contains("enable_uart=1"),
+        "{config}"
+    );
+    assert!(!config.contains("dtparam=audio=on"), "{config}");
+    // Units enabled the systemctl way.
+    let wants = debugfs_ls(&img, off, "/etc/systemd/system/multi-user.target.wants");
+    assert!(
+        wants.iter().any(|n| n == "hello.service") && wants.iter().any(|n| n == "ssh.service"),
+        "{wants:?}"
+    );
+    assert_eq!(
+        debugfs_readlink(
+            &img,
+            off,
+            "/etc/systemd/system/multi-user.target.wants/hello.service"
+        ),
+        "/etc/systemd/system/hello.service"
+    );
+    // The manifest lists each written file with hash, mode and owner.
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("dist/manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(m["board"], "rpi4");
+    assert_eq!(m["base"]["sha256"], base_sha.as_str());
+    let files = m["files"].as_array().expect("files");
+    let secret = files
+        .iter()
+        .find(|e| e["path"] == "/etc/app/secret")
+        .expect("secret in manifest");
+    assert_eq!(
+        (secret["mode"].as_str(), secret["owner"].as_str()),
+        (Some("0600"), Some("0:4"))
+    );
+    assert_eq!(secret["sha256"], sha256_hex(b"s3cr3t\n"));
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[test]
+fn debian_raspi_1k_blocks_gzip_base_creates_user_in_root_fs() {
+    let f = fixture(Layout::DebianRaspi, 1024, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let base = compress(&raw_base, Compression::Gzip);
+    project(dir.path(), "rpi4-debian", "");
+    let img = build_ok(dir.path(), "rpi4-debian", &base);
+    assert_fs_clean(&img, &f);
+    let off = f.root.offset_bytes;
+    let passwd = String::from_utf8_lossy(&debugfs_cat(&img, off, "/etc/passwd")).into_owned();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("admin:"))
+        .expect("admin in passwd");
+    assert!(line.starts_with("admin:x:1000:1000:"), "{line}");
+    let shadow = String::from_utf8_lossy(&debugfs_cat(&img, off, "/etc/shadow")).into_owned();
+    assert!(
+        shadow.lines().any(|l| l.starts_with("admin:!:")),
+        "locked password: {shadow}"
+    );
+    let s = stat(&img, &f, "/etc/shadow");
+    assert_eq!((s.mode, s.gid), (0o640, 42));
+    let sudo = stat(&img, &f, "/etc/sudoers.d/90-imgbuild-admin");
+    assert_eq!(sudo.mode, 0o440);
+    let sysconf =
+        String::from_utf8_lossy(&mtype(&img, f.boot.offset_bytes, "/sysconf.txt")).into_owned();
+    assert!(
+        sysconf.lines().any(|l| l == "hostname=gg-node-7"),
+        "{sysconf}"
+    );
+}
+
+#[test]
+fn generic_gpt_zstd_base_keeps_both_gpt_headers_valid() {
+    let f = fixture(Layout::GenericGpt, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let before = sgdisk_verify(&raw_base);
+    assert!(before.contains("No problems found"), "{before}");
+    let base = compress(&raw_base, Compression::Zstd);
+    project(dir.path(), "generic-arm64", "");
+    // The ESP is mounted at /boot/efi: no cmdline.txt there, so drop the boot edits.
+    let cfg = std::fs::read_to_string(dir.path().join("imgbuild.toml")).expect("read");
+    let cfg = cfg
+        .replace(
+            "cmdline_append = [\"cgroup_enable=memory\", \"cgroup_memory=1\"]",
+            "",
+        )
+        .replace(
+            "[boot.config]\ndtparam = \"audio=off\"\nenable_uart = \"1\"\n",
+            "",
+        );
+    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("write");
+    let img = build_ok(dir.path(), "generic-arm64", &base);
+    assert_eq!(sgdisk_verify(&img), before);
+    assert_fs_clean(&img, &f);
+    assert_eq!(
+        debugfs_cat(&img, f.root.offset_bytes, "/etc/hostname"),
+        b"gg-node-7\n"
+    );
+}
+
+#[test]
+fn five_hundred_entries_into_a_hashed_directory() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = copy_base(&f, dir.path(), "base.img");
+    let ov = dir.path().join("ov");
+    let big = ov.join(f.big_dir.trim_start_matches('/'));
+    std::fs::create_dir_all(&big).expect("mkdir");
+    for i in 0..500 {
+        std::fs::write(
+            big.join(format!("imgbuild-new-entry-{i:04}")),
+            format!("entry {i}\n"),
+        )
+        .expect("write");
+    }
+    std::fs::write(dir.path().join("imgbuild.toml"), "overlays = [\"ov\"]\n").expect("write");
+    let img = build_ok(dir.path(), "rpi4", &base);
+    assert_fs_clean(&img, &f);
+    let names = debugfs_ls(&img, f.root.offset_bytes, &f.big_dir);
+    for i in [0, 1, 250, 499] {
+        let n = format!("imgbuild-new-entry-{i:04}");
+        assert!(names.contains(&n), "{n} missing");
+        assert_eq!(
+            debugfs_cat(&img, f.root.offset_bytes, &format!("{}/{n}", f.big_dir)),
+            format!("entry {i}\n").as_bytes()
+        );
+    }
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("imgbuild-new-entry-"))
+            .count(),
+        500
+    );
+    let s = stat(&img, &f, &f.big_dir);
+    assert!(s.flags & 0x1000 != 0, "directory lost its hash index");
+}
+
+#[test]
+fn uncompressed_output_is_a_sparse_raw_image() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = copy_base(&f, dir.path(), "base.img");
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"raw1\"\n").expect("write");
+    let base = base.to_str().expect("utf8");
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            base,
+            "--compress",
+            "none",
+            "--name",
+            "x",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    let img = dir.path().join("dist/x.img");
+    assert_eq!(summary["image"]["sha256"], sha256_file(&img).as_str());
+    let check = run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("x.img.sha256")
+        .current_dir(dir.path().join("dist")));
+    assert!(check.status.success());
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&img).expect("stat");
+    assert!(
+        md.blocks() * 512 < md.len() / 2,
+        "not sparse: {} of {}",
+        md.blocks() * 512,
+        md.len()
+    );
+    assert_fs_clean(&img, &f);
+}

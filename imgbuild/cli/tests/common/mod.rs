@@ -1,0 +1,113 @@
+//! Shared helpers of the CLI's end-to-end tests: fixtures built once per test binary, a runner
+//! for the real `imgbuild` binary, and read-back helpers over the testkit oracles.
+#![allow(dead_code)]
+
+use imgbuild_testkit::{build_fixture, run, Fixture, FixtureOptions, Layout};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+/// A test key (valid base64 body; not used for anything).
+pub const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb7k6bq8i1Yc0v1c5nQ5W0Zf2m7tV4o3l0yJ0oHq4oD test@imgbuild";
+
+/// Built fixtures by (layout, block size, filler MiB), with the directory that holds each.
+type FixtureCache = Mutex<HashMap<(u8, u32, u64), (tempfile::TempDir, Fixture)>>;
+
+/// Fixtures by (layout, block size, filler), built once per test binary.
+pub fn fixture(layout: Layout, block_size: u32, filler_mib: u64) -> Fixture {
+    static CACHE: OnceLock<FixtureCache> = OnceLock::new();
+    let key = (layout as u8, block_size, filler_mib);
+    let mut map = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((_, f)) = map.get(&key) {
+        return f.clone();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = FixtureOptions {
+        layout,
+        ext4_block_size: block_size,
+        root_filler_mib: filler_mib,
+        ..FixtureOptions::default()
+    };
+    let f = build_fixture(dir.path(), &opts);
+    map.insert(key, (dir, f.clone()));
+    f
+}
+
+/// Copies a fixture's image to `dir/name` (sparse) so a test can change or compress it.
+pub fn copy_base(f: &Fixture, dir: &Path, name: &str) -> PathBuf {
+    let dst = dir.join(name);
+    let out = run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&f.path)
+        .arg(&dst));
+    assert!(
+        out.status.success(),
+        "cp failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dst
+}
+
+/// Runs the real binary in `cwd`.
+pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .current_dir(cwd)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .expect("run imgbuild")
+}
+
+/// Asserts a run failed with exactly one `imgbuild: error:` line containing every needle,
+/// and left nothing in `out`.
+pub fn assert_fails(o: &Output, out: &Path, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("imgbuild: error: "), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
+    }
+    if out.exists() {
+        let left: Vec<_> = std::fs::read_dir(out)
+            .expect("read out")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "failed build left files behind: {left:?}");
+    }
+}
+
+/// Decompresses an `.img.xz` artifact with the real `xz` into `dir/name`.
+pub fn unxz(xz: &Path, dir: &Path) -> PathBuf {
+    let raw = dir.join("result.img");
+    let out = run(Command::new("sh").arg("-c").arg(format!(
+        "xz -dc '{}' > '{}'",
+        xz.display(),
+        raw.display()
+    )));
+    assert!(
+        out.status.success(),
+        "xz -d failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    raw
+}
+
+/// Asserts both file systems of `img` are clean for e2fsck and fsck.vfat.
+pub fn assert_fs_clean(img: &Path, f: &Fixture) {
+    let (ok, text) = imgbuild_testkit::e2fsck_clean(img, f.root.offset_bytes);
+    assert!(ok, "e2fsck -fn not clean:\n{text}");
+    let (ok, text) = imgbuild_testkit::fsck_vfat_clean(img, f.boot.offset_bytes);
+    assert!(ok, "fsck.vfat -n not clean:\n{text}");
+}

@@ -1,0 +1,294 @@
+//! The whole build, stage by stage: plan → decompress → locate partitions → apply → pack.
+//! Any error removes the working copy and every staged output; the base file is only read.
+
+use crate::apply::{self, Span, Written};
+use crate::board::{Board, FsType, Role, TableType};
+use crate::config::Config;
+use crate::disk::{self, FsKind, Table, TableKind};
+use crate::error::{Context, Error, Result};
+use crate::pack::{self, Artifact, Compress, Staged};
+use crate::plan::Plan;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Receives progress of the long stages (decompress, compress); the CLI draws bars with it.
+pub trait Progress {
+    /// A stage of `total` bytes begins.
+    fn start(&self, stage: &str, total: u64);
+    /// `pos` bytes of the current stage are done.
+    fn set(&self, pos: u64);
+    /// The current stage ended.
+    fn finish(&self);
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn set(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// Everything a build needs.
+pub struct BuildRequest<'a> {
+    /// The board.
+    pub board: &'a Board,
+    /// The validated config.
+    pub config: &'a Config,
+    /// What to write (from [`crate::plan::make`] plus payloads).
+    pub plan: &'a Plan,
+    /// The base image file (compressed or raw); opened read-only.
+    pub base: &'a Path,
+    /// Where the base came from, for the manifest (URL or path).
+    pub base_origin: String,
+    /// sha256 of the base file when already known (verified by fetch); computed otherwise.
+    pub base_sha256: Option<String>,
+    /// True when the base was used without verification (`--insecure-no-verify`).
+    pub insecure_no_verify: bool,
+    /// Output directory (created if missing).
+    pub out_dir: &'a Path,
+    /// Artifact base name (`NAME.img.xz`).
+    pub name: String,
+    /// Output compression.
+    pub compress: Compress,
+    /// Timestamp for everything written and the manifest.
+    pub epoch: i64,
+    /// Progress sink.
+    pub progress: &'a dyn Progress,
+}
+
+/// The `manifest.json` of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// Version of imgbuild that made the image.
+    pub imgbuild_version: String,
+    /// Board name.
+    pub board: String,
+    /// The base image.
+    pub base: BaseInfo,
+    /// Timestamp used for every written file.
+    pub source_date_epoch: i64,
+    /// The image artifact.
+    pub image: Artifact,
+    /// Size of the raw (uncompressed) image.
+    pub raw_size: u64,
+    /// The partition table as read from the image.
+    pub partition_table: Table,
+    /// Every file, directory and link written.
+    pub files: Vec<Written>,
+}
+
+/// The base image as recorded in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseInfo {
+    /// URL or path it came from.
+    pub origin: String,
+    /// sha256 of the (compressed) base file.
+    pub sha256: String,
+    /// True when `--insecure-no-verify` let an unpinned download through.
+    pub insecure_no_verify: bool,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildSummary {
+    /// The image.
+    pub image: Artifact,
+    /// `NAME.img.xz.sha256` (or `NAME.img.sha256`).
+    pub sha256_file: PathBuf,
+    /// `NAME.bmap`.
+    pub bmap: PathBuf,
+    /// `manifest.json`.
+    pub manifest: PathBuf,
+    /// Number of entries written into the image.
+    pub files_written: usize,
+}
+
+/// Removes the working copy when the build ends, unless it was moved into place.
+struct WorkCopy(PathBuf);
+
+impl Drop for WorkCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the build.
+pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
+    std::fs::create_dir_all(req.out_dir)
+        .context(|| format!("creating output directory {}", req.out_dir.display()))?;
+    let base_sha = match &req.base_sha256 {
+        Some(s) => s.clone(),
+        None => pack::hash_file(req.base)?,
+    };
+    let ext = match req.compress {
+        Compress::Xz { .. } => "img.xz",
+        Compress::None => "img",
+    };
+    let image_name = format!("{}.{ext}", req.name);
+    let image_path = req.out_dir.join(&image_name);
+    let mut staged = Staged::default();
+    let image_tmp = staged.add(&image_path);
+    let sha_path = req.out_dir.join(format!("{image_name}.sha256"));
+    let sha_tmp = staged.add(&sha_path);
+    let bmap_path = req.out_dir.join(format!("{}.bmap", req.name));
+    let bmap_tmp = staged.add(&bmap_path);
+    let manifest_path = req.out_dir.join("manifest.json");
+    let manifest_tmp = staged.add(&manifest_path);
+
+    let work = WorkCopy(
+        req.out_dir
+            .join(format!(".{}.work-{}.img", req.name, std::process::id())),
+    );
+    let raw_size = decompress(req, &work.0)?;
+    let table = disk::read_table(&work.0)
+        .map_err(|e| e.context(format_args!("base {}", req.base.display())))?;
+    let boot = locate(&work.0, &table, req.board, Role::Boot).map_err(|e| base_err(req, e))?;
+    let root = locate(&work.0, &table, req.board, Role::Root).map_err(|e| base_err(req, e))?;
+
+    let target = apply::Target {
+        image: &work.0,
+        board: req.board,
+        boot,
+        root,
+        epoch: req.epoch,
+    };
+    let cfg = req.config;
+    let applied = apply::apply(
+        &target,
+        req.plan,
+        cfg.user.as_ref(),
+        cfg.hostname.as_deref(),
+    )?;
+    tracing::info!(
+        files = applied.written.len(),
+        dirty_ranges = applied.dirty.len(),
+        "applied"
+    );
+
+    imgbuild_pack::write_bmap(&work.0, &bmap_tmp, 4096)
+        .map_err(|e| Error::msg(format!("writing {}: {e}", bmap_path.display())))?;
+    req.progress.start("compress", raw_size);
+    let (size, sha256) = match req.compress {
+        Compress::None => {
+            std::fs::rename(&work.0, &image_tmp)
+                .context(|| format!("moving the image to {}", image_tmp.display()))?;
+            (raw_size, pack::hash_file(&image_tmp)?)
+        }
+        xz => pack::write_image(&work.0, &image_tmp, xz, &|p| req.progress.set(p))?,
+    };
+    req.progress.finish();
+    std::fs::write(&sha_tmp, pack::sha256sum_line(&sha256, &image_name))
+        .context(|| format!("writing {}", sha_tmp.display()))?;
+    let image = Artifact {
+        path: image_path.clone(),
+        size,
+        sha256,
+    };
+    let manifest = Manifest {
+        imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+        board: req.board.name.clone(),
+        base: BaseInfo {
+            origin: req.base_origin.clone(),
+            sha256: base_sha,
+            insecure_no_verify: req.insecure_no_verify,
+        },
+        source_date_epoch: req.epoch,
+        image: Artifact {
+            path: PathBuf::from(&image_name),
+            ..image.clone()
+        },
+        raw_size,
+        partition_table: table,
+        files: applied.written,
+    };
+    let json = serde_json::to_string_pretty(&manifest).context(|| "serializing the manifest")?;
+    std::fs::write(&manifest_tmp, json + "\n")
+        .context(|| format!("writing {}", manifest_tmp.display()))?;
+    staged.commit()?;
+    Ok(BuildSummary {
+        image,
+        sha256_file: sha_path,
+        bmap: bmap_path,
+        manifest: manifest_path,
+        files_written: manifest.files.len(),
+    })
+}
+
+fn base_err(req: &BuildRequest, e: Error) -> Error {
+    e.context(format_args!(
+        "base {} does not match board {}",
+        req.base.display(),
+        req.board.name
+    ))
+}
+
+fn decompress(req: &BuildRequest, work: &Path) -> Result<u64> {
+    let total = std::fs::metadata(req.base)
+        .context(|| format!("base image {}", req.base.display()))?
+        .len();
+    req.progress.start("decompress", total);
+    let r = crate::source::decompress_to_sparse(req.base, work, &|p| req.progress.set(p));
+    req.progress.finish();
+    r
+}
+
+/// Finds the partition playing `role` and checks its file system and label against the board.
+pub fn locate(image: &Path, table: &Table, board: &Board, role: Role) -> Result<Span> {
+    let want_kind = match board.table.kind {
+        TableType::Mbr => TableKind::Mbr,
+        TableType::Gpt => TableKind::Gpt,
+    };
+    if table.kind != want_kind {
+        crate::bail!(
+            "the image has a {:?} partition table, the board expects {:?}",
+            table.kind,
+            want_kind
+        );
+    }
+    let spec = board.partition(role);
+    let Some(part) = table.partition(spec.index) else {
+        let have: Vec<String> = table
+            .partitions
+            .iter()
+            .map(|p| p.index.to_string())
+            .collect();
+        crate::bail!(
+            "no partition {} ({role}) in the image; it has partitions [{}]",
+            spec.index,
+            have.join(", ")
+        );
+    };
+    let probe = disk::probe(image, part)?;
+    let fs_ok = match spec.fs {
+        FsType::Vfat => matches!(probe.kind, FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32),
+        FsType::Ext4 => matches!(probe.kind, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4),
+    };
+    if !fs_ok {
+        crate::bail!(
+            "partition {} ({role}) holds {}, expected {:?}",
+            spec.index,
+            probe.kind,
+            spec.fs
+        );
+    }
+    if let Some(label) = &spec.label {
+        let same = match spec.fs {
+            FsType::Vfat => probe.label.eq_ignore_ascii_case(label),
+            FsType::Ext4 => probe.label == *label,
+        };
+        if !same {
+            crate::bail!(
+                "partition {} ({role}) is labelled {:?}, expected {:?}",
+                spec.index,
+                probe.label,
+                label
+            );
+        }
+    }
+    Ok(Span {
+        offset: part.start,
+        size: part.size,
+    })
+}

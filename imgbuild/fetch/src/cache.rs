@@ -1,0 +1,389 @@
+//! The download cache: content-addressed by sha256, filled by atomic renames, guarded by lock files.
+//!
+//! Layout under the cache root:
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `blobs/<sha256>` | a verified download, exactly the bytes whose sha256 is its name |
+//! | `meta/<sha256>.url` | the URL it was downloaded from (one line; informational) |
+//! | `meta/<sha256>.signer` | the fingerprint of the key whose signature was verified for it |
+//! | `raw/<sha256>.img` | the decompressed image of the download `<sha256>` |
+//! | `tmp/<key>.part` | a download in progress or interrupted (resumed by the next fetch) |
+//! | `tmp/*.tmp` | scratch files of writers (see [`Cache::scratch_path`]) |
+//! | `locks/<key>.lock` | lock files (never deleted, so a lock can never be held on a stale inode) |
+//!
+//! Protocol: a writer takes the exclusive lock of a key, re-checks the final path, writes a
+//! `tmp/` file, syncs it and renames it into place. A reader of a finished entry needs no lock (the
+//! rename is atomic); [`Cache::lock_shared`] keeps [`Cache::prune`] from deleting an entry in use.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::error::FetchError;
+
+/// Subdirectories of the cache root.
+const DIRS: [&str; 5] = ["blobs", "meta", "raw", "tmp", "locks"];
+
+/// A cache directory (see the module documentation for its layout).
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// What a cache entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A verified download (`blobs/<sha256>`).
+    Download,
+    /// The decompressed image of a download (`raw/<sha256>.img`).
+    Raw,
+    /// An unfinished download (`tmp/<key>.part`).
+    Partial,
+}
+
+impl EntryKind {
+    /// A short lowercase name for listings: `download`, `raw` or `partial`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Download => "download",
+            EntryKind::Raw => "raw",
+            EntryKind::Partial => "partial",
+        }
+    }
+}
+
+/// One file in the cache, as listed by [`Cache::ls`].
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// What the file is.
+    pub kind: EntryKind,
+    /// The sha256 of the download it belongs to (for partials: the lock key, which is the pinned
+    /// sha256 or `url-<sha256 of the URL>` for unpinned downloads).
+    pub key: String,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time.
+    pub modified: SystemTime,
+    /// The URL it was downloaded from, when known.
+    pub url: Option<String>,
+}
+
+/// What [`Cache::prune`] did.
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    /// The entries deleted.
+    pub removed: Vec<Entry>,
+    /// The bytes freed.
+    pub freed_bytes: u64,
+    /// Entries that were not kept but were left alone because another process holds their lock.
+    pub busy: Vec<Entry>,
+}
+
+/// A held lock on a cache key; released when dropped.
+#[derive(Debug)]
+pub struct EntryLock {
+    _file: File,
+}
+
+/// Lock flavours.
+#[derive(Clone, Copy)]
+enum LockMode {
+    Exclusive,
+    Shared,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Cache, FetchError> {
+        let root = root.into();
+        for dir in DIRS {
+            let path = root.join(dir);
+            fs::create_dir_all(&path)
+                .map_err(|e| FetchError::io("create cache directory", &path, e))?;
+        }
+        Ok(Cache { root })
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of the verified download with this sha256, if it is cached.
+    pub fn blob_path(&self, sha256: &str) -> Option<PathBuf> {
+        existing_file(self.blob_target(sha256))
+    }
+
+    /// The path of the decompressed image of the download with this sha256, if it is cached.
+    pub fn raw_path(&self, sha256: &str) -> Option<PathBuf> {
+        existing_file(self.raw_target(sha256))
+    }
+
+    /// A fresh, unique path inside the cache (same file system as the entries) for a writer to
+    /// fill before handing it to [`Cache::store_raw`]. `hint` is only part of the name.
+    pub fn scratch_path(&self, hint: &str) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let safe: String = hint
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(80)
+            .collect();
+        self.root
+            .join("tmp")
+            .join(format!("{safe}.{}.{n}.tmp", std::process::id()))
+    }
+
+    /// Moves the finished decompressed image `from` (best made with [`Cache::scratch_path`]) into
+    /// place as the raw image of download `sha256`, atomically; returns its final path.
+    /// If another writer stored it first, `from` is deleted and the existing entry kept. Takes no
+    /// lock (the rename is atomic and both writers hold the same bytes), so it may be called while
+    /// holding [`Cache::lock_shared`] on `sha256`.
+    pub fn store_raw(&self, sha256: &str, from: &Path) -> Result<PathBuf, FetchError> {
+        let sha = crate::normalize_sha256(sha256)?;
+        self.install(from, &self.raw_target(&sha))
+    }
+
+    /// Takes the exclusive lock of `key` (a sha256, or any name made of `[0-9a-z-]`), waiting
+    /// for other holders.
+    pub fn lock(&self, key: &str) -> Result<EntryLock, FetchError> {
+        self.take_lock(key, LockMode::Exclusive)
+    }
+
+    /// Takes a shared lock of `key`: [`Cache::prune`] will not delete its files while it is held.
+    /// Take it after [`crate::fetch`] returns, not around it: a fetch that misses the cache takes
+    /// the exclusive lock of the same key and would wait for this one forever.
+    pub fn lock_shared(&self, key: &str) -> Result<EntryLock, FetchError> {
+        self.take_lock(key, LockMode::Shared)
+    }
+
+    /// Lists every download, raw image and partial download in the cache, sorted by path.
+    pub fn ls(&self) -> Result<Vec<Entry>, FetchError> {
+        let mut entries = Vec::new();
+        for (dir, kind) in [
+            ("blobs", EntryKind::Download),
+            ("raw", EntryKind::Raw),
+            ("tmp", EntryKind::Partial),
+        ] {
+            for (path, name) in list_dir(&self.root.join(dir))? {
+                let Some(key) = entry_key(kind, &name) else {
+                    continue;
+                };
+                let meta = fs::metadata(&path).map_err(|e| FetchError::io("inspect", &path, e))?;
+                let url = match kind {
+                    EntryKind::Download => self.recorded_url(&key),
+                    _ => None,
+                };
+                entries.push(Entry {
+                    kind,
+                    key,
+                    size: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    path,
+                    url,
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(entries)
+    }
+
+    /// Deletes every entry for which `keep` returns false, except those whose key is locked by
+    /// someone else (they are reported as busy). Scratch files are not touched.
+    pub fn prune(&self, keep: impl Fn(&Entry) -> bool) -> Result<PruneReport, FetchError> {
+        let mut report = PruneReport::default();
+        for entry in self.ls()? {
+            if keep(&entry) {
+                continue;
+            }
+            let Some(_lock) = self.try_lock(&entry.key)? else {
+                report.busy.push(entry);
+                continue;
+            };
+            remove_if_exists(&entry.path)?;
+            if entry.kind == EntryKind::Download {
+                remove_if_exists(&self.url_record(&entry.key))?;
+                remove_if_exists(&self.signer_record(&entry.key))?;
+            }
+            report.freed_bytes += entry.size;
+            report.removed.push(entry);
+        }
+        Ok(report)
+    }
+
+    /// The path of the partial download of `key`.
+    pub fn part_path(&self, key: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("{key}.part"))
+    }
+
+    /// Where the download `sha256` lives once stored.
+    fn blob_target(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(sha256)
+    }
+
+    /// Where the raw image of `sha256` lives once stored.
+    fn raw_target(&self, sha256: &str) -> PathBuf {
+        self.root.join("raw").join(format!("{sha256}.img"))
+    }
+
+    /// Where the URL of download `sha256` is recorded.
+    fn url_record(&self, sha256: &str) -> PathBuf {
+        self.root.join("meta").join(format!("{sha256}.url"))
+    }
+
+    /// The URL recorded for download `sha256`, if any.
+    pub(crate) fn recorded_url(&self, sha256: &str) -> Option<String> {
+        let text = fs::read_to_string(self.url_record(sha256)).ok()?;
+        Some(text.trim().to_string()).filter(|u| !u.is_empty())
+    }
+
+    /// The fingerprint of the key whose signature was verified when download `sha256` was
+    /// stored, if any.
+    pub(crate) fn recorded_signer(&self, sha256: &str) -> Option<String> {
+        let text = fs::read_to_string(self.signer_record(sha256)).ok()?;
+        Some(text.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    /// Where the verified signer of download `sha256` is recorded.
+    fn signer_record(&self, sha256: &str) -> PathBuf {
+        self.root.join("meta").join(format!("{sha256}.signer"))
+    }
+
+    /// Moves the verified file `from` into place as download `sha256` (the caller holds the
+    /// exclusive lock of `sha256`) and records its URL and, if a signature was verified, the
+    /// signer's fingerprint.
+    pub(crate) fn store_blob(
+        &self,
+        sha256: &str,
+        from: &Path,
+        url: &str,
+        signer: Option<&str>,
+    ) -> Result<PathBuf, FetchError> {
+        self.record(&self.url_record(sha256), url)?;
+        if let Some(fingerprint) = signer {
+            self.record(&self.signer_record(sha256), fingerprint)?;
+        }
+        self.install(from, &self.blob_target(sha256))
+    }
+
+    /// Atomically replaces the one-line record at `path` with `value`.
+    fn record(&self, path: &Path, value: &str) -> Result<(), FetchError> {
+        let scratch = self.scratch_path("record");
+        write_synced(&scratch, format!("{value}\n").as_bytes())?;
+        fs::rename(&scratch, path).map_err(|e| FetchError::io("write record", path, e))
+    }
+
+    /// Syncs `from` and renames it to `to`, unless `to` already exists (then `from` is removed).
+    fn install(&self, from: &Path, to: &Path) -> Result<PathBuf, FetchError> {
+        if let Some(existing) = existing_file(to.to_path_buf()) {
+            remove_if_exists(from)?;
+            return Ok(existing);
+        }
+        sync_file(from)?;
+        fs::rename(from, to).map_err(|e| FetchError::io("move into the cache", from, e))?;
+        if let Some(dir) = to.parent() {
+            // Persist the rename; a failure here only weakens crash safety, so it is not fatal.
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(to.to_path_buf())
+    }
+
+    /// Opens the lock file of `key`.
+    fn lock_file(&self, key: &str) -> Result<File, FetchError> {
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(FetchError::Setup {
+                detail: format!("'{key}' is not a valid cache key"),
+            });
+        }
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| FetchError::io("open lock file", &path, e))
+    }
+
+    /// Takes a lock of `key`, waiting for it.
+    fn take_lock(&self, key: &str, mode: LockMode) -> Result<EntryLock, FetchError> {
+        let file = self.lock_file(key)?;
+        let result = match mode {
+            LockMode::Exclusive => file.lock(),
+            LockMode::Shared => file.lock_shared(),
+        };
+        result.map_err(|e| FetchError::io("lock", self.root.join("locks").join(key), e))?;
+        Ok(EntryLock { _file: file })
+    }
+
+    /// Takes the exclusive lock of `key` if nobody holds it.
+    fn try_lock(&self, key: &str) -> Result<Option<EntryLock>, FetchError> {
+        let file = self.lock_file(key)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(EntryLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => {
+                Err(FetchError::io("lock", self.root.join("locks").join(key), e))
+            }
+        }
+    }
+}
+
+/// The key of a listed file of `kind` named `name`, or None for files that are not entries.
+fn entry_key(kind: EntryKind, name: &str) -> Option<String> {
+    let key = match kind {
+        EntryKind::Download => Some(name),
+        EntryKind::Raw => name.strip_suffix(".img"),
+        EntryKind::Partial => name.strip_suffix(".part"),
+    }?;
+    let valid = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    valid.then(|| key.to_string())
+}
+
+/// `path` if it names an existing regular file.
+fn existing_file(path: PathBuf) -> Option<PathBuf> {
+    path.is_file().then_some(path)
+}
+
+/// The regular files of `dir` with their names (non-UTF-8 names are skipped).
+fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, FetchError> {
+    let read = fs::read_dir(dir).map_err(|e| FetchError::io("list", dir, e))?;
+    let mut files = Vec::new();
+    for item in read {
+        let item = item.map_err(|e| FetchError::io("list", dir, e))?;
+        let is_file = item.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if let (true, Some(name)) = (is_file, item.file_name().to_str()) {
+            files.push((item.path(), name.to_string()));
+        }
+    }
+    Ok(files)
+}
+
+/// Deletes `path`; a file that is already gone is fine.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), FetchError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(FetchError::io("delete", path, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Flushes `path` to stable storage.
+fn sync_file(path: &Path) -> Result<(), FetchError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| FetchError::io("sync", path, e))
+}
+
+/// Creates `path` with `bytes` and syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), FetchError> {
+    let mut file = File::create(path).map_err(|e| FetchError::io("create", path, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| FetchError::io("write", path, e))
+}

@@ -1,0 +1,313 @@
+//! Downloads, verifies and caches the base images (and other payloads) imgbuild builds from.
+//!
+//! [`fetch`] returns the path of a verified file in the [`Cache`]:
+//!
+//! * A cache hit (the pinned sha256 is already stored) makes no network request at all.
+//! * Otherwise the file is streamed with reqwest (rustls with the ring provider, no OpenSSL) to
+//!   `CACHE/tmp/<sha256>.part`, its sha256 computed while the bytes arrive. An interrupted
+//!   transfer is resumed with `Range` (by the next attempt, or by the next run, which re-hashes the
+//!   kept bytes from disk); a server that ignores `Range` makes it start over cleanly.
+//!   Connection errors, timeouts and 5xx/429/408 answers are retried with exponential backoff,
+//!   [`Options::retries`] times at most. Proxies come from the standard environment variables
+//!   (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, lowercase too), and every request
+//!   carries the User-Agent [`USER_AGENT`].
+//! * The pinned sha256 must match, else the partial file is deleted and the error names the URL,
+//!   the expected and the actual hash. Without a pinned sha256 the download is refused unless
+//!   [`Options::insecure_no_verify`] is set.
+//! * When the source names a detached OpenPGP signature, it is fetched first and checked (with
+//!   the pure-Rust rPGP crate `pgp`) against a signing key that the caller supplies — typically a
+//!   key file shipped in the repository under `boards/keys/` and named by the board — whose
+//!   primary fingerprint must equal the fingerprint pinned in the board file. The key is never
+//!   downloaded: a key fetched from the same place as the image would prove nothing.
+//! * Only then is the file renamed into `CACHE/blobs/<sha256>`. Concurrent fetches of the same
+//!   file (threads or processes) serialize on `CACHE/locks/<sha256>.lock`; the later ones find
+//!   the finished entry.
+//!
+//! The functions block; they run their own single-threaded tokio runtime and must not be called
+//! from inside an async runtime.
+
+mod cache;
+mod download;
+mod error;
+mod verify;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use cache::{Cache, Entry, EntryKind, EntryLock, PruneReport};
+pub use download::USER_AGENT;
+pub use error::FetchError;
+pub use verify::{normalize_sha256, sha256_file, SigningKey};
+
+use sha2::{Digest, Sha256};
+
+/// Largest detached signature accepted (real ones are a few hundred bytes).
+pub const SIGNATURE_LIMIT: usize = 1 << 20;
+
+/// What to fetch.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// The http(s) URL of the file.
+    pub url: String,
+    /// The pinned sha256 of the file (64 hex digits). Required unless
+    /// [`Options::insecure_no_verify`] is set.
+    pub sha256: Option<String>,
+    /// A detached OpenPGP signature to check, if the publisher provides one.
+    pub signature: Option<SignatureSource>,
+}
+
+/// Where a detached signature is and which key must have made it.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureSource {
+    /// The http(s) URL of the detached signature (armored or binary), e.g. `…img.xz.sig`.
+    pub url: String,
+    /// The signer's OpenPGP public key, armored or binary: the contents of the key file the board
+    /// names (e.g. `boards/keys/raspberrypi.asc`). It is not downloaded.
+    pub key: Vec<u8>,
+    /// The pinned fingerprint of the key's primary key (hex, spaces allowed).
+    pub fingerprint: String,
+}
+
+/// How to fetch.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The cache root (see [`default_cache_dir`]).
+    pub cache_dir: PathBuf,
+    /// Fail instead of using the network on a cache miss.
+    pub offline: bool,
+    /// Allow a source without a sha256 and skip signature checks (a pinned sha256 is still
+    /// checked). The caller should record that this was used.
+    pub insecure_no_verify: bool,
+    /// Show a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+    /// How many times a failed attempt is retried (so at most `retries + 1` attempts).
+    pub retries: u32,
+    /// The pause before the first retry; doubled for each further one, at most 30 s.
+    pub backoff: Duration,
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for any single read (headers or a piece of the body).
+    pub read_timeout: Duration,
+}
+
+impl Options {
+    /// Defaults: online, verifying, progress on, 5 retries from 1 s, connect timeout 30 s,
+    /// read timeout 60 s.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            cache_dir: cache_dir.into(),
+            offline: false,
+            insecure_no_verify: false,
+            progress: true,
+            retries: 5,
+            backoff: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A fetched file.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Its path in the cache (`CACHE/blobs/<sha256>`). Take [`Cache::lock_shared`] on
+    /// [`Fetched::sha256`] while using it to keep a concurrent prune away.
+    pub path: PathBuf,
+    /// Its sha256 (lowercase hex).
+    pub sha256: String,
+    /// The last segment of the URL's path (e.g. `image.img.xz`), or `download`.
+    pub file_name: String,
+    /// Whether it came from the cache without any network request.
+    pub from_cache: bool,
+    /// Whether its sha256 was checked against a pinned value (false only for an unpinned
+    /// download allowed by [`Options::insecure_no_verify`]).
+    pub hash_verified: bool,
+    /// Whether a detached signature by the pinned key was verified for these bytes (now, or when
+    /// they entered the cache).
+    pub signature_verified: bool,
+}
+
+/// The default cache root: `$XDG_CACHE_HOME/imgbuild`, else `$HOME/.cache/imgbuild`; None when
+/// neither variable holds an absolute path (the caller should then ask for `--cache-dir`).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+        .map(|base| base.join("imgbuild"))
+}
+
+/// Returns a verified copy of `source` from the cache, downloading it first on a miss
+/// (see the crate documentation for the rules).
+pub fn fetch(source: &Source, opts: &Options) -> Result<Fetched, FetchError> {
+    let pinned = source.sha256.as_deref().map(normalize_sha256).transpose()?;
+    let cache = Cache::open(&opts.cache_dir)?;
+    match pinned {
+        Some(sha256) => fetch_pinned(source, &sha256, &cache, opts),
+        None if opts.insecure_no_verify => fetch_unpinned(source, &cache, opts),
+        None => Err(FetchError::MissingHash {
+            url: source.url.clone(),
+        }),
+    }
+}
+
+/// Fetches a file with a pinned sha256: cache hit, or download + verify + store under its lock.
+fn fetch_pinned(
+    source: &Source,
+    sha256: &str,
+    cache: &Cache,
+    opts: &Options,
+) -> Result<Fetched, FetchError> {
+    let wanted = signature_check(source, opts)?;
+    if let Some(hit) = cache_hit(source, sha256, cache, wanted.as_ref()) {
+        return Ok(hit);
+    }
+    if opts.offline {
+        return Err(FetchError::Offline {
+            url: source.url.clone(),
+            sha256: Some(sha256.to_string()),
+            cache_dir: cache.root().to_path_buf(),
+        });
+    }
+    let _lock = cache.lock(sha256)?;
+    // Another process may have stored it while this one waited for the lock.
+    if let Some(hit) = cache_hit(source, sha256, cache, wanted.as_ref()) {
+        return Ok(hit);
+    }
+    let http = download::Http::new(opts)?;
+    let signature = match &wanted {
+        Some((sig, _)) => Some(http.get_small(&sig.url, SIGNATURE_LIMIT)?),
+        None => None,
+    };
+    let part = cache.part_path(sha256);
+    let file_name = file_name(&source.url);
+    // Bytes left by an earlier run may belong to an older upload at the same URL: if the resumed
+    // file is wrong, try once more from scratch before blaming the server.
+    let had_partial = std::fs::metadata(&part).is_ok_and(|m| m.len() > 0);
+    let mut actual = http.download(&source.url, &part, true, &file_name)?;
+    if actual != sha256 && had_partial {
+        actual = http.download(&source.url, &part, false, &file_name)?;
+    }
+    let checked = check_download(
+        source,
+        sha256,
+        &actual,
+        &part,
+        &wanted,
+        signature.as_deref(),
+    );
+    if let Err(error) = checked {
+        cache::remove_if_exists(&part)?;
+        return Err(error);
+    }
+    let signer = wanted.as_ref().map(|(_, key)| key.fingerprint());
+    let path = cache.store_blob(sha256, &part, &source.url, signer.as_deref())?;
+    Ok(Fetched {
+        path,
+        sha256: sha256.to_string(),
+        file_name,
+        from_cache: false,
+        hash_verified: true,
+        signature_verified: signer.is_some(),
+    })
+}
+
+/// The signature to check and the parsed, fingerprint-checked key, unless there is none or
+/// checks are disabled.
+fn signature_check<'a>(
+    source: &'a Source,
+    opts: &Options,
+) -> Result<Option<(&'a SignatureSource, SigningKey)>, FetchError> {
+    match &source.signature {
+        Some(sig) if !opts.insecure_no_verify => {
+            let key = SigningKey::parse(&sig.key, &sig.fingerprint)?;
+            Ok(Some((sig, key)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The cached entry for `sha256`, if any.
+fn cache_hit(
+    source: &Source,
+    sha256: &str,
+    cache: &Cache,
+    wanted: Option<&(&SignatureSource, SigningKey)>,
+) -> Option<Fetched> {
+    let path = cache.blob_path(sha256)?;
+    let signature_verified = match (wanted, cache.recorded_signer(sha256)) {
+        (Some((_, key)), Some(signer)) => signer == key.fingerprint(),
+        _ => false,
+    };
+    Some(Fetched {
+        path,
+        sha256: sha256.to_string(),
+        file_name: file_name(&source.url),
+        from_cache: true,
+        hash_verified: true,
+        signature_verified,
+    })
+}
+
+/// Compares the hash and checks the signature of a finished download.
+fn check_download(
+    source: &Source,
+    expected: &str,
+    actual: &str,
+    part: &std::path::Path,
+    wanted: &Option<(&SignatureSource, SigningKey)>,
+    signature: Option<&[u8]>,
+) -> Result<(), FetchError> {
+    if actual != expected {
+        return Err(FetchError::HashMismatch {
+            url: source.url.clone(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    match (wanted, signature) {
+        (Some((_, key)), Some(sig)) => key.verify_file(part, sig, &source.url),
+        _ => Ok(()),
+    }
+}
+
+/// Downloads a file nobody pinned (insecure mode): always from the network, from the start.
+fn fetch_unpinned(source: &Source, cache: &Cache, opts: &Options) -> Result<Fetched, FetchError> {
+    if opts.offline {
+        return Err(FetchError::Offline {
+            url: source.url.clone(),
+            sha256: None,
+            cache_dir: cache.root().to_path_buf(),
+        });
+    }
+    let key = format!("url-{}", hex::encode(Sha256::digest(source.url.as_bytes())));
+    let _lock = cache.lock(&key)?;
+    let http = download::Http::new(opts)?;
+    let part = cache.part_path(&key);
+    let file_name = file_name(&source.url);
+    let sha256 = http.download(&source.url, &part, false, &file_name)?;
+    let _blob_lock = cache.lock(&sha256)?;
+    let path = cache.store_blob(&sha256, &part, &source.url, None)?;
+    Ok(Fetched {
+        path,
+        sha256,
+        file_name,
+        from_cache: false,
+        hash_verified: false,
+        signature_verified: false,
+    })
+}
+
+/// The last non-empty segment of the URL's path, or `download`.
+fn file_name(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.path_segments()
+                .and_then(|mut segments| segments.rfind(|s| !s.is_empty()).map(str::to_string))
+        })
+        .unwrap_or_else(|| "download".to_string())
+}

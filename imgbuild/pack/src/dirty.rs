@@ -1,0 +1,110 @@
+//! Dirty tracking: which byte ranges of the raw image were written since it was a copy of the
+//! base image whose [`ChunkIndex`] we hold.
+
+use crate::cache::ChunkIndex;
+use crate::chunks::Hash;
+use std::ops::Range;
+
+/// The base image's chunk hashes plus the byte ranges written since (sorted, merged).
+///
+/// A chunk whose byte range equals the base's chunk range and overlaps no written range still
+/// has the base's content, so [`crate::compress_xz`] reuses the base hash without reading or
+/// hashing it. Correctness rests on the caller: every write (and any change of the image length)
+/// since the copy of the base must be [`mark`](DirtyMap::mark)ed.
+#[derive(Debug, Clone)]
+pub struct DirtyMap {
+    base: ChunkIndex,
+    ranges: Vec<Range<u64>>,
+}
+
+impl DirtyMap {
+    /// A map with no writes yet over the base image described by `base`.
+    pub fn new(base: ChunkIndex) -> DirtyMap {
+        DirtyMap {
+            base,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Records that `len` bytes at `offset` were written (empty writes are ignored).
+    pub fn mark(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let (mut start, mut end) = (offset, offset.saturating_add(len));
+        // Ranges that overlap or touch [start, end) are merged into it.
+        let first = self.ranges.partition_point(|r| r.end < start);
+        let last = self.ranges.partition_point(|r| r.start <= end);
+        if first < last {
+            start = start.min(self.ranges[first].start);
+            end = end.max(self.ranges[last - 1].end);
+        }
+        self.ranges.splice(first..last, std::iter::once(start..end));
+    }
+
+    /// The written ranges, sorted and merged.
+    pub fn ranges(&self) -> &[Range<u64>] {
+        &self.ranges
+    }
+
+    /// The base image's chunk index.
+    pub fn base(&self) -> &ChunkIndex {
+        &self.base
+    }
+
+    /// The base hash of chunk `i` if `range` (its range in the current image) is exactly the
+    /// base's chunk `i` and no written range overlaps it.
+    pub(crate) fn clean_hash(&self, i: usize, range: &Range<u64>) -> Option<Hash> {
+        let base = &self.base;
+        let hash = *base.hashes.get(i)?;
+        let base_end = (range.start + base.chunk_size).min(base.image_len);
+        if range.start != i as u64 * base.chunk_size || range.end != base_end {
+            return None;
+        }
+        let j = self.ranges.partition_point(|r| r.end <= range.start);
+        let touched = self.ranges.get(j).is_some_and(|r| r.start < range.end);
+        (!touched).then_some(hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> DirtyMap {
+        DirtyMap::new(ChunkIndex::new(4096, 4 * 4096 + 100, vec![[0; 32]; 5]).expect("index"))
+    }
+
+    #[test]
+    fn marks_merge_into_sorted_ranges() {
+        let mut m = map();
+        for (o, l) in [
+            (100, 10),
+            (50, 10),
+            (60, 5),
+            (200, 0),
+            (105, 100),
+            (1000, 1),
+            (0, 1),
+        ] {
+            m.mark(o, l);
+        }
+        assert_eq!(m.ranges(), &[0..1, 50..65, 100..205, 1000..1001]);
+        m.mark(0, 2000);
+        assert_eq!(m.ranges(), std::slice::from_ref(&(0..2000)));
+    }
+
+    #[test]
+    fn only_untouched_chunks_of_the_same_shape_are_clean() {
+        let mut m = map();
+        m.mark(4096 + 4095, 2);
+        assert!(m.clean_hash(0, &(0..4096)).is_some());
+        assert!(m.clean_hash(1, &(4096..8192)).is_none());
+        assert!(m.clean_hash(2, &(8192..12288)).is_none());
+        assert!(m.clean_hash(3, &(12288..16384)).is_some());
+        assert!(m.clean_hash(4, &(16384..16484)).is_some());
+        // The image grew: the base's short last chunk no longer matches.
+        assert!(m.clean_hash(4, &(16384..20480)).is_none());
+        assert!(m.clean_hash(5, &(20480..20481)).is_none());
+    }
+}

@@ -1,0 +1,168 @@
+//! The chunk cache and dirty tracking: what is read, hashed and compressed, and that the output
+//! stays byte-identical to a cold run.
+
+mod common;
+
+use common::*;
+use imgbuild_pack::{chunk_hashes, compress_xz, ChunkCache, ChunkIndex, DirtyMap};
+use std::ops::Range;
+
+const CHUNK: u64 = 256 * 1024;
+
+#[test]
+fn a_second_run_with_the_cache_compresses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("disk.img");
+    standard_image(&raw);
+    let cache = ChunkCache::new(dir.path().join("cache")).expect("cache");
+    let (cold, first) = compress(&raw, &opts(CHUNK), Some(&cache), None);
+    let zeros = zero_chunks(&raw, CHUNK);
+    let data_chunks = first.chunks - zeros;
+    assert_eq!(first.cache_hits, 0);
+    assert_eq!(
+        first.hashed_chunks, data_chunks,
+        "only non-zero chunks are hashed"
+    );
+    assert_eq!(first.compressed_chunks, data_chunks + 1);
+
+    let (warm, second) = compress(&raw, &opts(CHUNK), Some(&cache), None);
+    assert_eq!(second.compressed_chunks, 0, "{second:?}");
+    assert_eq!(
+        second.cache_hits,
+        data_chunks + 1,
+        "every data block and the zero block are hits"
+    );
+    assert_eq!(warm, cold, "cached output differs from the cold output");
+
+    let (uncached, _) = compress(&raw, &opts(CHUNK), None, None);
+    assert_eq!(uncached, cold, "the cache changed the output");
+}
+
+#[test]
+fn damaged_cache_files_are_recompressed_not_trusted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("disk.img");
+    standard_image(&raw);
+    let cache_dir = dir.path().join("cache");
+    let cache = ChunkCache::new(&cache_dir).expect("cache");
+    let (cold, _) = compress(&raw, &opts(CHUNK), Some(&cache), None);
+    let mut damaged = 0;
+    for sub in std::fs::read_dir(cache_dir.join("chunks")).expect("ls") {
+        for f in std::fs::read_dir(sub.expect("entry").path()).expect("ls") {
+            let path = f.expect("entry").path();
+            let mut bytes = std::fs::read(&path).expect("read");
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x55;
+            std::fs::write(&path, bytes).expect("write");
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    let (again, stats) = compress(&raw, &opts(CHUNK), Some(&cache), None);
+    assert_eq!(stats.cache_hits, 0);
+    assert_eq!(again, cold);
+}
+
+/// Chunks of an image of `len` bytes that overlap any of `ranges`.
+fn touched(len: u64, ranges: &[Range<u64>]) -> u64 {
+    (0..len.div_ceil(CHUNK))
+        .filter(|i| {
+            let (s, e) = (i * CHUNK, ((i + 1) * CHUNK).min(len));
+            ranges.iter().any(|r| r.start < e && r.end > s)
+        })
+        .count() as u64
+}
+
+#[test]
+fn dirty_map_reads_only_touched_chunks_and_matches_a_cold_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base.img");
+    let len = standard_image(&base);
+    let cache = ChunkCache::new(dir.path().join("cache")).expect("cache");
+
+    // Base build: index the base image and fill the cache with its blocks.
+    let index = ChunkIndex::compute(&base, CHUNK).expect("index");
+    assert_eq!(index.hashes, chunk_hashes(&base, CHUNK).expect("hashes"));
+    let base_sha = [0xAB; 32];
+    cache.store_index(&base_sha, &index).expect("store index");
+    compress(&base, &opts(CHUNK), Some(&cache), None);
+
+    // Rebuild: a copy of the base with a few writes, recorded in the dirty map.
+    let image = dir.path().join("image.img");
+    std::fs::copy(&base, &image).expect("copy base");
+    let loaded = cache
+        .load_index(&base_sha, CHUNK)
+        .expect("load index")
+        .expect("index present");
+    assert_eq!(loaded, index);
+    let mut dirty = DirtyMap::new(loaded);
+    let writes: [(u64, &[u8]); 3] = [
+        (100_000, b"new file contents"),
+        (2 * CHUNK - 3, b"straddles two chunks"),
+        (1200 * 1024, b"into zeros"),
+    ];
+    for (offset, bytes) in writes {
+        patch(&image, offset, bytes);
+        dirty.mark(offset, bytes.len() as u64);
+    }
+    let ranges = dirty.ranges().to_vec();
+    let (warm, stats) = compress(&image, &opts(CHUNK), Some(&cache), Some(&dirty));
+
+    let n = touched(len, &ranges);
+    assert_eq!(n, 4);
+    assert_eq!(stats.read_chunks, n, "{stats:?}");
+    assert_eq!(stats.hashed_chunks, n);
+    assert_eq!(stats.reused_hashes, stats.chunks - n);
+    assert_eq!(
+        stats.compressed_chunks, n,
+        "only the changed chunks are compressed"
+    );
+
+    let (cold, _) = compress(&image, &opts(CHUNK), None, None);
+    assert_eq!(
+        warm, cold,
+        "incremental output differs from a cold build of the same bytes"
+    );
+    assert_eq!(
+        sha256_hex(&run("xz", &["-dc"], Some(&warm))),
+        file_sha256(&image)
+    );
+}
+
+#[test]
+fn dirty_map_handles_a_grown_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base.img");
+    let len = standard_image(&base);
+    let image = dir.path().join("image.img");
+    std::fs::copy(&base, &image).expect("copy base");
+    let grown = len + 3 * CHUNK;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .expect("open")
+        .set_len(grown)
+        .expect("grow");
+    patch(&image, grown - 10, b"tail bytes");
+    let mut dirty = DirtyMap::new(ChunkIndex::compute(&base, CHUNK).expect("index"));
+    dirty.mark(len, grown - len);
+    let (warm, stats) = compress(&image, &opts(CHUNK), None, Some(&dirty));
+    let (cold, _) = compress(&image, &opts(CHUNK), None, None);
+    assert_eq!(warm, cold);
+    assert_eq!(
+        stats.reused_hashes,
+        len / CHUNK,
+        "all full base chunks are reused"
+    );
+}
+
+#[test]
+fn dirty_map_with_another_chunk_size_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("disk.img");
+    standard_image(&raw);
+    let dirty = DirtyMap::new(ChunkIndex::compute(&raw, 2 * CHUNK).expect("index"));
+    let err = compress_xz(&raw, &mut Vec::new(), &opts(CHUNK), None, Some(&dirty))
+        .expect_err("must fail");
+    assert!(err.message().contains("chunk"), "{err}");
+}
