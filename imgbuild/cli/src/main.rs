@@ -4,11 +4,14 @@
 mod progress;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use imgbuild_core::base::{self, BaseRequest};
 use imgbuild_core::board::{self, Board};
 use imgbuild_core::config::Config;
 use imgbuild_core::pack::Compress;
+use imgbuild_core::pipeline::Progress;
 use imgbuild_core::pipeline::{self, BuildRequest};
-use imgbuild_core::{bail, inspect, plan, Error, Result};
+use imgbuild_core::{bail, inspect, payload, plan, Error, Result};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -52,6 +55,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download, verify and cache a board's base image (no build).
+    Fetch {
+        /// Board name.
+        #[arg(long)]
+        board: String,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Show or clean the download cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Show the partition table, file systems, labels and free space of a disk image.
     Inspect {
         /// A raw or compressed (xz, gz, zstd, zip) disk image.
@@ -68,9 +82,22 @@ struct BuildArgs {
     /// Board name (see `imgbuild boards`); defaults to `board` in the config.
     #[arg(long)]
     board: Option<String>,
-    /// The base image: a local file (xz, gz, zstd, zip or raw).
+    /// The base image: a local file (xz, gz, zstd, zip or raw) or an http(s) URL; default: the
+    /// board's pinned download (fetched, verified and cached).
     #[arg(long)]
-    base: Option<PathBuf>,
+    base: Option<String>,
+    /// Expected sha256 of --base (required for a URL unless --insecure-no-verify).
+    #[arg(long)]
+    base_sha256: Option<String>,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Allow a --base URL without a hash (recorded in manifest.json).
+    #[arg(long)]
+    insecure_no_verify: bool,
+    /// Put the pinned Greengrass nucleus and plugin (and the arm64 .debs first boot installs)
+    /// into the image, so first boot needs only the AWS IoT endpoints.
+    #[arg(long)]
+    preseed: bool,
     /// Config file (default: ./imgbuild.toml when it exists).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -92,6 +119,35 @@ struct BuildArgs {
     /// Print the build summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Download cache options.
+#[derive(Args, Debug, Clone, Default)]
+struct CacheArgs {
+    /// Download cache (default $XDG_CACHE_HOME/imgbuild).
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Never touch the network: fail when something is not in the cache.
+    #[arg(long)]
+    offline: bool,
+}
+
+/// `imgbuild cache` subcommands.
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// List cached downloads and raw images.
+    Ls {
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Remove cached entries (all, or only those not pinned by a known board with --keep-pinned).
+    Prune {
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Keep downloads (and their raw images) whose sha256 a board pins.
+        #[arg(long)]
+        keep_pinned: bool,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,6 +193,58 @@ fn run(cli: Cli) -> Result<()> {
         None => build(&cli.build, boards_dir),
         Some(Command::Boards { json }) => list_boards(boards_dir, json),
         Some(Command::Inspect { image, json }) => inspect_image(&image, json),
+        Some(Command::Fetch { board, cache }) => {
+            let b = board::find(&board, boards_dir)?;
+            let req = BaseRequest {
+                cache_dir: cache.cache_dir.clone(),
+                offline: cache.offline,
+                progress: std::io::stderr().is_terminal(),
+                boards_dir: boards_dir.map(Path::to_path_buf),
+                ..BaseRequest::default()
+            };
+            let got = base::resolve(&b, &req)?;
+            println!("{}", got.path.display());
+            Ok(())
+        }
+        Some(Command::Cache(cmd)) => cache_command(cmd, boards_dir),
+    }
+}
+
+fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
+    let err = |e: imgbuild_fetch::FetchError| Error::msg(e.to_string());
+    match cmd {
+        CacheCommand::Ls { cache } => {
+            let c = imgbuild_fetch::Cache::open(base::cache_dir(cache.cache_dir.as_deref())?)
+                .map_err(err)?;
+            for e in c.ls().map_err(err)? {
+                println!(
+                    "{:<9} {:>14} {}  {}",
+                    e.kind.name(),
+                    e.size,
+                    e.key,
+                    e.url.as_deref().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        CacheCommand::Prune { cache, keep_pinned } => {
+            let c = imgbuild_fetch::Cache::open(base::cache_dir(cache.cache_dir.as_deref())?)
+                .map_err(err)?;
+            let pinned: Vec<String> = board::load_all(boards_dir)?
+                .values()
+                .map(|b| b.base.sha256.clone())
+                .collect();
+            let report = c
+                .prune(|e| keep_pinned && pinned.iter().any(|p| *p == e.key))
+                .map_err(err)?;
+            println!(
+                "removed {} entries, freed {} bytes ({} busy)",
+                report.removed.len(),
+                report.freed_bytes,
+                report.busy.len()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -223,10 +331,6 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         ),
     };
     let board = board::find(&board_name, boards_dir)?;
-    let plan = plan::make(&config, &config_dir)?;
-    let Some(base) = &args.base else {
-        bail!("no base image given: pass --base FILE (downloading {} is not built into this binary yet)", board.base.url);
-    };
     let epoch = match args.source_date_epoch {
         Some(e) => e,
         None => std::time::SystemTime::now()
@@ -234,15 +338,45 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
+    let tty = std::io::stderr().is_terminal();
+    let mut plan = plan::make(&config, &config_dir)?;
+    if let Some(gg) = &config.greengrass {
+        let preseed = if args.preseed {
+            let dir = base::cache_dir(args.cache.cache_dir.as_deref())?;
+            payload::fetch_greengrass_artifacts(gg, &dir, args.cache.offline, tty)?
+        } else {
+            payload::Preseed::default()
+        };
+        for w in payload::add_greengrass(&mut plan, gg, &board, &config_dir, epoch, &preseed)? {
+            eprintln!("imgbuild: warning: {w}");
+        }
+    } else if args.preseed {
+        bail!("--preseed needs a [greengrass] section in the config");
+    }
+    let base_req = BaseRequest {
+        base: args.base.clone(),
+        sha256: args.base_sha256.clone(),
+        cache_dir: args.cache.cache_dir.clone(),
+        offline: args.cache.offline,
+        insecure_no_verify: args.insecure_no_verify,
+        progress: tty,
+        boards_dir: boards_dir.map(Path::to_path_buf),
+    };
+    let base = base::resolve(&board, &base_req)?;
     let progress = progress::Bars::new();
+    progress.start("decompress", 0);
+    let raw = base::cached_raw(&base, &|p| progress.set(p));
+    progress.finish();
+    let raw = raw?;
     let req = BuildRequest {
         board: &board,
         config: &config,
         plan: &plan,
-        base,
-        base_origin: base.display().to_string(),
-        base_sha256: None,
-        insecure_no_verify: false,
+        base: &base.path,
+        raw_base: raw.as_deref(),
+        base_origin: base.origin.clone(),
+        base_sha256: base.sha256.clone(),
+        insecure_no_verify: base.insecure,
         out_dir: &args.out,
         name: args
             .name

@@ -196,7 +196,11 @@ fn rpi_os_build_injects_everything_and_stays_clean() {
     let cmdline = String::from_utf8_lossy(&mtype(&img, boot, "/cmdline.txt")).into_owned();
     assert_eq!(cmdline.trim_end().lines().count(), 1, "{cmdline:?}");
     assert!(
-        cmdline.contains("rootwait cgroup_enable=memory cgroup_memory=1"),
+        cmdline
+            .trim_end()
+            .ends_with(" cgroup_enable=memory cgroup_memory=1")
+            && cmdline.matches("cgroup_memory=1").count() == 1
+            && cmdline.contains("rootwait"),
         "{cmdline:?}"
     );
     let config = String::from_utf8_lossy(&mtype(&img, boot, "/config.txt")).into_owned();
@@ -204,7 +208,10 @@ fn rpi_os_build_injects_everything_and_stays_clean() {
         config.contains("dtparam=audio=off") && config.contains("enable_uart=1"),
         "{config}"
     );
-    assert!(!config.contains("dtparam=audio=on"), "{config}");
+    // dtparam lines accumulate in config.txt and the last one wins: ours must come after.
+    if let Some(on) = config.find("dtparam=audio=on") {
+        assert!(config.rfind("dtparam=audio=off") > Some(on), "{config}");
+    }
     // Units enabled the systemctl way.
     let wants = debugfs_ls(&img, off, "/etc/systemd/system/multi-user.target.wants");
     assert!(

@@ -40,7 +40,7 @@ pub struct Config {
     pub systemd: SystemdConfig,
     /// The Greengrass fleet-provisioning payload (see the provisioning docs in README).
     #[serde(default)]
-    pub greengrass: Option<toml::Table>,
+    pub greengrass: Option<imgbuild_greengrass::GreengrassConfig>,
 }
 
 /// `[user]`: the account that logs in over SSH.
@@ -184,6 +184,9 @@ impl Config {
         }
         for unit in &self.systemd.enable {
             check_unit_name(unit)?;
+        }
+        if let Some(gg) = &self.greengrass {
+            imgbuild_greengrass::validate(gg).map_err(|e| Error::msg(e.to_string()))?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod apply;
+pub mod base;
 pub mod board;
 pub mod config;
 pub mod disk;
@@ -15,8 +16,10 @@ pub mod error;
 pub mod fs;
 pub mod inspect;
 pub mod pack;
+pub mod payload;
 pub mod pipeline;
 pub mod plan;
+pub mod preseed;
 pub mod source;
 pub mod units;
 

@@ -40,6 +40,8 @@ pub struct BuildRequest<'a> {
     pub plan: &'a Plan,
     /// The base image file (compressed or raw); opened read-only.
     pub base: &'a Path,
+    /// A cached raw (decompressed) copy of `base`, used instead of decompressing it again.
+    pub raw_base: Option<&'a Path>,
     /// Where the base came from, for the manifest (URL or path).
     pub base_origin: String,
     /// sha256 of the base file when already known (verified by fetch); computed otherwise.
@@ -225,11 +227,12 @@ fn base_err(req: &BuildRequest, e: Error) -> Error {
 }
 
 fn decompress(req: &BuildRequest, work: &Path) -> Result<u64> {
-    let total = std::fs::metadata(req.base)
-        .context(|| format!("base image {}", req.base.display()))?
+    let src = req.raw_base.unwrap_or(req.base);
+    let total = std::fs::metadata(src)
+        .context(|| format!("base image {}", src.display()))?
         .len();
     req.progress.start("decompress", total);
-    let r = crate::source::decompress_to_sparse(req.base, work, &|p| req.progress.set(p));
+    let r = crate::source::decompress_to_sparse(src, work, &|p| req.progress.set(p));
     req.progress.finish();
     r
 }

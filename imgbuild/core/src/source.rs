@@ -117,9 +117,9 @@ pub fn decompress_to_sparse(src: &Path, dst: &Path, progress: &dyn Fn(u64)) -> R
         .truncate(true)
         .open(&part)
         .context(|| format!("{}: cannot create", part.display()))?;
+    // No fsync: this is a working copy, rebuilt from the base after a crash; the rename only
+    // keeps an interrupted run from leaving a plausible-looking image under the final name.
     let result = decode(kind, src, input, &mut out, progress).and_then(|size| {
-        out.sync_all()
-            .context(|| format!("{}: cannot flush", part.display()))?;
         drop(out);
         std::fs::rename(&part, dst)
             .context(|| format!("cannot rename {} to {}", part.display(), dst.display()))?;

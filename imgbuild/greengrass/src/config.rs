@@ -88,12 +88,19 @@ pub struct GreengrassConfig {
     /// sha256 of `greengrass-<nucleus_version>.zip`; required unless imgbuild knows the published digest.
     #[serde(default)]
     pub nucleus_sha256: Option<String>,
+    /// Where the nucleus zip is downloaded from (default: AWS's versioned release URL). For
+    /// mirrors and air-gapped factories; the sha256 pin applies whatever the URL.
+    #[serde(default)]
+    pub nucleus_url: Option<String>,
     /// FleetProvisioningByClaim plugin version.
     #[serde(default = "default_plugin_version")]
     pub plugin_version: String,
     /// sha256 of `fleetprovisioningbyclaim-<plugin_version>.jar`; required unless imgbuild knows it.
     #[serde(default)]
     pub plugin_sha256: Option<String>,
+    /// Where the plugin jar is downloaded from (default: AWS's versioned release URL).
+    #[serde(default)]
+    pub plugin_url: Option<String>,
     /// Where Docker Engine comes from.
     #[serde(default)]
     pub docker: Docker,
@@ -109,6 +116,10 @@ pub struct GreengrassConfig {
     /// Extra parameters for the provisioning template (`SerialNumber` is reserved: it is filled on the device).
     #[serde(default)]
     pub template_parameters: BTreeMap<String, String>,
+    /// Extra first-boot settings appended to `/etc/imgbuild/firstboot.env` (the optional keys of
+    /// `firstboot/README.md`, e.g. `CLOCK_WAIT_SECONDS`, `APT_RETRIES`).
+    #[serde(default)]
+    pub firstboot_env: BTreeMap<String, String>,
 }
 
 fn default_nucleus_version() -> String {
@@ -142,7 +153,9 @@ impl fmt::Debug for GreengrassConfig {
             .field("nucleus_version", &self.nucleus_version)
             .field("nucleus_sha256", &self.nucleus_sha256)
             .field("plugin_version", &self.plugin_version)
+            .field("nucleus_url", &self.nucleus_url)
             .field("plugin_sha256", &self.plugin_sha256)
+            .field("plugin_url", &self.plugin_url)
             .field("docker", &self.docker)
             .field("java_package", &self.java_package)
             .field(
@@ -151,6 +164,7 @@ impl fmt::Debug for GreengrassConfig {
             )
             .field("mqtt_port", &self.mqtt_port)
             .field("template_parameters", &self.template_parameters)
+            .field("firstboot_env", &self.firstboot_env)
             .finish()
     }
 }
@@ -227,7 +241,13 @@ impl GreengrassConfig {
 
     /// The download URL of `artifact` at the configured version.
     pub fn url(&self, artifact: Artifact) -> String {
-        artifact.url(self.version(artifact))
+        let configured = match artifact {
+            Artifact::Nucleus => &self.nucleus_url,
+            Artifact::Plugin => &self.plugin_url,
+        };
+        configured
+            .clone()
+            .unwrap_or_else(|| artifact.url(self.version(artifact)))
     }
 
     /// The sha256 (lowercase hex) that first boot checks `artifact` against: the configured one, else the

@@ -144,10 +144,25 @@ pub fn firstboot_env(cfg: &GreengrassConfig) -> Result<String> {
     if let Some(proxy) = &cfg.proxy_url {
         lines.push(("PROXY_URL", proxy.clone()));
     }
+    for key in cfg.firstboot_env.keys() {
+        let reserved = lines.iter().any(|(k, _)| k == key);
+        let shaped = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if reserved || !shaped {
+            crate::error::gg_bail!(
+                "[greengrass] firstboot_env: {key:?} must be an UPPER_CASE setting not already set from [greengrass]"
+            );
+        }
+    }
     let mut text =
         String::from("# imgbuild first-boot settings, generated from the [greengrass] section\n");
     for (key, value) in lines {
         text.push_str(&format!("{key}={}\n", shell_value(&value)));
+    }
+    for (key, value) in &cfg.firstboot_env {
+        text.push_str(&format!("{key}={}\n", shell_value(value)));
     }
     Ok(text)
 }

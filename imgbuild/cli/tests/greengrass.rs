@@ -1,0 +1,195 @@
+//! Builds with a `[greengrass]` section: every payload file lands with its exact mode and
+//! owner, the first-boot unit is enabled, both file systems stay clean, and the claim key never
+//! appears in the output.
+
+mod common;
+
+use common::*;
+use imgbuild_testkit::{debugfs_cat, debugfs_readlink, debugfs_stat, mtype, run, Layout};
+use std::path::Path;
+use std::process::Command;
+
+/// Makes a self-signed P-256 claim certificate and key in `dir` with the real openssl.
+fn claim(dir: &Path, name: &str, days: u32) {
+    let o = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=claim",
+        ])
+        .args(["-days", &days.to_string(), "-keyout"])
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.crt"))));
+    assert!(
+        o.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn config(cert: &str, key: &str) -> String {
+    format!(
+        r#"hostname = "gg-1"
+[greengrass]
+region = "eu-west-1"
+data_endpoint = "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"
+credential_endpoint = "c1d2e3f4g5h6i7.credentials.iot.eu-west-1.amazonaws.com"
+role_alias = "GreengrassCoreTokenExchangeRoleAlias"
+provisioning_template = "FleetTemplate"
+thing_group = "fleet"
+claim_cert = "{cert}"
+claim_key = "{key}"
+"#
+    )
+}
+
+/// The base64 body lines of a PEM key (what must never be printed).
+fn key_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("key")
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 20)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn greengrass_payload_lands_with_modes_and_the_unit_enabled() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_base(&f, dir.path(), "base.img");
+    claim(dir.path(), "claim", 365);
+    std::fs::write(
+        dir.path().join("imgbuild.toml"),
+        config("claim.crt", "claim.key"),
+    )
+    .expect("config");
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board", "rpi4", "--base", "base.img", "-vv", "--name", "gg",
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    for l in key_lines(&dir.path().join("claim.key")) {
+        assert!(
+            !stdout.contains(&l) && !stderr.contains(&l),
+            "claim key printed"
+        );
+    }
+    let img = unxz(&dir.path().join("dist/gg.img.xz"), dir.path());
+    assert_fs_clean(&img, &f);
+    let off = f.root.offset_bytes;
+    let st = |p: &str| debugfs_stat(&img, off, p).unwrap_or_else(|| panic!("{p} missing"));
+    let key = st("/greengrass/v2/claim.private.pem.key");
+    assert_eq!((key.mode, key.uid, key.gid), (0o600, 0, 0));
+    assert_eq!(
+        debugfs_cat(&img, off, "/greengrass/v2/claim.private.pem.key"),
+        std::fs::read(dir.path().join("claim.key")).expect("key")
+    );
+    assert_eq!(st("/greengrass/v2/claim.pem.crt").mode, 0o644);
+    assert_eq!(
+        debugfs_cat(&img, off, "/greengrass/v2/claim.pem.crt"),
+        std::fs::read(dir.path().join("claim.crt")).expect("crt")
+    );
+    assert_eq!(st("/greengrass/v2/AmazonRootCA1.pem").mode, 0o644);
+    assert_eq!(st("/greengrass").mode, 0o755);
+    let tmpl = String::from_utf8_lossy(&debugfs_cat(
+        &img,
+        off,
+        "/etc/imgbuild/greengrass-config.yaml.in",
+    ))
+    .into_owned();
+    for k in [
+        "iotDataEndpoint",
+        "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
+        "FleetTemplate",
+        "@SERIAL_NUMBER@",
+        "claimCertificatePrivateKeyPath",
+    ] {
+        assert!(tmpl.contains(k), "plugin config lacks {k}:\n{tmpl}");
+    }
+    let env = String::from_utf8_lossy(&debugfs_cat(&img, off, "/etc/imgbuild/firstboot.env"))
+        .into_owned();
+    assert!(
+        env.contains("NUCLEUS_VERSION=2.16.0") && env.contains("BUILD_EPOCH=1700000000"),
+        "{env}"
+    );
+    assert_eq!(st("/etc/imgbuild/firstboot.env").mode, 0o600);
+    assert_eq!(
+        st("/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot").mode,
+        0o755
+    );
+    assert_eq!(
+        debugfs_cat(&img, off, "/usr/local/lib/imgbuild/firstboot/lib/steps.sh"),
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../firstboot/lib/steps.sh"
+        ))
+        .expect("steps.sh")
+    );
+    assert_eq!(
+        debugfs_readlink(
+            &img,
+            off,
+            "/etc/systemd/system/multi-user.target.wants/imgbuild-firstboot.service"
+        ),
+        "/etc/systemd/system/imgbuild-firstboot.service"
+    );
+    assert_eq!(st("/usr/lib/clock-epoch").mtime, 1_700_000_000);
+    let cmdline =
+        String::from_utf8_lossy(&mtype(&img, f.boot.offset_bytes, "/cmdline.txt")).into_owned();
+    assert!(
+        cmdline.contains("cgroup_enable=memory cgroup_memory=1"),
+        "{cmdline}"
+    );
+}
+
+#[test]
+fn mismatched_claim_key_is_refused_without_printing_it() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = copy_base(&f, dir.path(), "base.img");
+    claim(dir.path(), "a", 365);
+    claim(dir.path(), "b", 365);
+    std::fs::write(dir.path().join("imgbuild.toml"), config("a.crt", "b.key")).expect("config");
+    let o = imgbuild(
+        dir.path(),
+        &["--board", "rpi4", "--base", base.to_str().expect("utf8")],
+    );
+    assert_fails(&o, &dir.path().join("dist"), &["b.key"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    for l in key_lines(&dir.path().join("b.key")) {
+        assert!(!stderr.contains(&l), "claim key printed");
+    }
+}
+
+#[test]
+fn preseed_without_greengrass_is_an_error() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = copy_base(&f, dir.path(), "base.img");
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"x\"\n").expect("config");
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            base.to_str().expect("utf8"),
+            "--preseed",
+        ],
+    );
+    assert_fails(&o, &dir.path().join("dist"), &["--preseed", "[greengrass]"]);
+}

@@ -1,0 +1,187 @@
+//! The Greengrass payload: what a `[greengrass]` section adds to the plan — claim certificate
+//! and key, Amazon's root CA, the fleet-provisioning plugin config (serial filled on the
+//! device), first-boot settings, the first-boot scripts and their unit (enabled), the clock
+//! floor, and the board's kernel command-line defaults. With `--preseed`, also the pinned
+//! nucleus zip, plugin jar and arm64 .debs (see [`Preseed`]).
+//!
+//! The first-boot scripts are compiled into the binary from `firstboot/`, so an `imgbuild`
+//! binary (or container) is self-contained.
+
+use crate::board::Board;
+use crate::config::OwnerSpec;
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use imgbuild_greengrass::{GreengrassConfig, PayloadContents};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Where first boot's scripts live in the image.
+pub const FIRSTBOOT_DIR: &str = "/usr/local/lib/imgbuild/firstboot";
+/// The first-boot unit.
+pub const FIRSTBOOT_UNIT: &str = "imgbuild-firstboot.service";
+/// Directory of pre-seeded downloads in the image.
+pub const PRESEED_DIR: &str = "/var/lib/imgbuild/preseed";
+
+/// `(path in the image, mode, contents)` of the first-boot files.
+const FIRSTBOOT_FILES: &[(&str, u32, &str)] = &[
+    (
+        "/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot",
+        0o755,
+        include_str!("../../../firstboot/imgbuild-firstboot"),
+    ),
+    (
+        "/usr/local/lib/imgbuild/firstboot/lib/common.sh",
+        0o644,
+        include_str!("../../../firstboot/lib/common.sh"),
+    ),
+    (
+        "/usr/local/lib/imgbuild/firstboot/lib/steps.sh",
+        0o644,
+        include_str!("../../../firstboot/lib/steps.sh"),
+    ),
+    (
+        "/etc/systemd/system/imgbuild-firstboot.service",
+        0o644,
+        include_str!("../../../firstboot/imgbuild-firstboot.service"),
+    ),
+];
+
+/// Files fetched ahead of time for factories without internet (`--preseed`).
+#[derive(Debug, Clone, Default)]
+pub struct Preseed {
+    /// The verified nucleus zip on the host.
+    pub nucleus: Option<PathBuf>,
+    /// The verified plugin jar on the host.
+    pub plugin: Option<PathBuf>,
+    /// arm64 .deb files (Docker, Java and their dependencies) on the host.
+    pub debs: Vec<PathBuf>,
+}
+
+/// Adds the Greengrass payload to `plan`. Claim material is checked first (parsed, key matches
+/// certificate, dates); returns warnings (e.g. a certificate that expires soon). The key's bytes
+/// are never part of any message.
+pub fn add_greengrass(
+    plan: &mut Plan,
+    gg: &GreengrassConfig,
+    board: &Board,
+    config_dir: &Path,
+    epoch: i64,
+    preseed: &Preseed,
+) -> Result<Vec<String>> {
+    let gg_err = |e: imgbuild_greengrass::GgError| Error::msg(e.to_string());
+    imgbuild_greengrass::validate(gg).map_err(gg_err)?;
+    let (claim, warnings) =
+        imgbuild_greengrass::load_claim(gg, config_dir, SystemTime::now()).map_err(gg_err)?;
+    let origin = "[greengrass]";
+    for d in ["/greengrass", imgbuild_greengrass::GG_ROOT] {
+        plan.entries.push(crate::plan::Entry {
+            path: d.to_string(),
+            kind: crate::plan::EntryKind::Dir { explicit: true },
+            mode: 0o755,
+            owner: OwnerSpec::root(),
+            origin: origin.to_string(),
+        });
+    }
+    for f in imgbuild_greengrass::payload_files(gg, &claim).map_err(gg_err)? {
+        let mut data = match &f.contents {
+            PayloadContents::Public(b) => b.clone(),
+            PayloadContents::Secret(s) => s.expose_secret().to_vec(),
+        };
+        if f.path == imgbuild_greengrass::FIRSTBOOT_ENV_PATH {
+            data.extend_from_slice(format!("BUILD_EPOCH={epoch}\n").as_bytes());
+        }
+        plan.file(f.path, data, f.mode, OwnerSpec::root(), origin);
+    }
+    for (path, mode, text) in FIRSTBOOT_FILES {
+        plan.file(
+            path,
+            text.as_bytes().to_vec(),
+            *mode,
+            OwnerSpec::root(),
+            "firstboot/",
+        );
+    }
+    // systemd never lets the clock start before this file's mtime (a Pi has no RTC).
+    plan.file(
+        "/usr/lib/clock-epoch",
+        Vec::new(),
+        0o644,
+        OwnerSpec::root(),
+        origin,
+    );
+    add_preseed(plan, gg, preseed)?;
+    if !plan.enable_units.iter().any(|u| u == FIRSTBOOT_UNIT) {
+        plan.enable_units.push(FIRSTBOOT_UNIT.to_string());
+    }
+    for tok in &board.boot.cmdline_defaults {
+        if !plan.cmdline_append.contains(tok) {
+            plan.cmdline_append.push(tok.clone());
+        }
+    }
+    Ok(warnings)
+}
+
+fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::msg(format!("--preseed: reading {}: {e}", path.display())))
+    };
+    if let Some(n) = &p.nucleus {
+        let dst = format!(
+            "{PRESEED_DIR}/greengrass-nucleus-{}.zip",
+            gg.nucleus_version
+        );
+        plan.file(&dst, read(n)?, 0o644, OwnerSpec::root(), "--preseed");
+    }
+    if let Some(j) = &p.plugin {
+        let dst = format!(
+            "{PRESEED_DIR}/fleetprovisioningbyclaim-{}.jar",
+            gg.plugin_version
+        );
+        plan.file(&dst, read(j)?, 0o644, OwnerSpec::root(), "--preseed");
+    }
+    for deb in &p.debs {
+        let name = deb
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        plan.file(
+            &format!("{PRESEED_DIR}/debs/{name}"),
+            read(deb)?,
+            0o644,
+            OwnerSpec::root(),
+            "--preseed",
+        );
+    }
+    Ok(())
+}
+
+/// Downloads (or takes from the cache) the pinned nucleus zip and plugin jar for `--preseed`,
+/// each verified against its pinned sha256.
+pub fn fetch_greengrass_artifacts(
+    gg: &GreengrassConfig,
+    cache_dir: &Path,
+    offline: bool,
+    progress: bool,
+) -> Result<Preseed> {
+    use imgbuild_greengrass::Artifact;
+    let mut opts = imgbuild_fetch::Options::new(cache_dir);
+    opts.offline = offline;
+    opts.progress = progress;
+    let get = |a: Artifact| -> Result<PathBuf> {
+        let sha = gg.sha256(a).map_err(|e| Error::msg(e.to_string()))?;
+        let src = imgbuild_fetch::Source {
+            url: gg.url(a),
+            sha256: Some(sha),
+            signature: None,
+        };
+        let got = imgbuild_fetch::fetch(&src, &opts)
+            .map_err(|e| Error::msg(format!("--preseed: {e}")))?;
+        Ok(got.path)
+    };
+    Ok(Preseed {
+        nucleus: Some(get(Artifact::Nucleus)?),
+        plugin: Some(get(Artifact::Plugin)?),
+        debs: Vec::new(),
+    })
+}
