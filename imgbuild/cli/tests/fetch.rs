@@ -1,0 +1,157 @@
+//! `imgbuild build --base http://…` downloads through the cache: a first build makes requests,
+//! a repeated build makes none (and skips decompression through the raw cache); a wrong hash
+//! fails with no artifact and no cache entry.
+
+mod common;
+
+use common::*;
+use imgbuild_testkit::{compress, sha256_file, Compression, Layout};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A one-file HTTP/1.1 server on 127.0.0.1 that counts requests (no Range support: the client
+/// must cope with a plain 200).
+fn serve(file: PathBuf) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let body = std::fs::read(&file).expect("read served file");
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s
+                .write_all(head.as_bytes())
+                .and_then(|_| s.write_all(&body));
+        }
+    });
+    (format!("http://{addr}/base.img.xz"), count)
+}
+
+#[test]
+fn url_base_is_downloaded_once_then_served_from_the_cache() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let srv = tempfile::tempdir().expect("tempdir");
+    let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
+    let sha = sha256_file(&xz);
+    let (url, count) = serve(xz);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"dl\"\n").expect("config");
+    let cache = dir.path().join("cache");
+    let args = [
+        "--board",
+        "rpi4",
+        "--base",
+        &url,
+        "--base-sha256",
+        &sha,
+        "--cache-dir",
+        cache.to_str().expect("utf8"),
+        "--name",
+        "a",
+    ];
+    let o = imgbuild(dir.path(), &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = count.load(Ordering::SeqCst);
+    assert!(first >= 1, "no request was made");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("dist/manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["base"]["origin"], url.as_str());
+    assert_eq!(manifest["base"]["sha256"], sha.as_str());
+    assert_eq!(manifest["base"]["insecure_no_verify"], false);
+
+    let o = imgbuild(dir.path(), &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        first,
+        "the second build made a request"
+    );
+    let ls = imgbuild(
+        dir.path(),
+        &["cache", "ls", "--cache-dir", cache.to_str().expect("utf8")],
+    );
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.lines()
+            .any(|l| l.contains(&sha) && l.starts_with("download")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines().any(|l| l.contains(&sha) && l.starts_with("raw")),
+        "raw image not cached: {ls}"
+    );
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            &url,
+            "--base-sha256",
+            &sha,
+            "--cache-dir",
+            cache.to_str().expect("utf8"),
+            "--offline",
+            "--name",
+            "b",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "offline build from cache: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn wrong_hash_or_no_hash_is_refused() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let srv = tempfile::tempdir().expect("tempdir");
+    let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
+    let (url, _count) = serve(xz);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let wrong = "0".repeat(64);
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            &url,
+            "--base-sha256",
+            &wrong,
+            "--cache-dir",
+            cache.to_str().expect("utf8"),
+        ],
+    );
+    assert_fails(&o, &dir.path().join("dist"), &[&url, &wrong]);
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            &url,
+            "--cache-dir",
+            cache.to_str().expect("utf8"),
+        ],
+    );
+    assert_fails(&o, &dir.path().join("dist"), &["--insecure-no-verify"]);
+}
