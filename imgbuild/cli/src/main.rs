@@ -183,6 +183,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -363,6 +364,8 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         boards_dir: boards_dir.map(Path::to_path_buf),
     };
     let base = base::resolve(&board, &base_req)?;
+    // Incremental packing needs a cache; without one (no HOME) everything is compressed.
+    let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();
     let progress = progress::Bars::new();
     progress.start("decompress", 0);
     let raw = base::cached_raw(&base, &|p| progress.set(p));
@@ -390,6 +393,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         },
         epoch,
         progress: &progress,
+        chunk_cache: chunk_cache.as_deref(),
     };
     let summary = pipeline::build(&req)?;
     if args.json {

@@ -400,11 +400,20 @@ fn same_inputs_give_byte_identical_output_and_bmaptool_accepts_the_bmap() {
     project(dir.path(), "rpi4", "");
     let base = base.to_str().expect("utf8");
     for out in ["one", "two"] {
-        let o = imgbuild(dir.path(), &["--board", "rpi4", "--base", base, "--out", out, "--name", "d"]);
+        let o = imgbuild(
+            dir.path(),
+            &[
+                "--board", "rpi4", "--base", base, "--out", out, "--name", "d",
+            ],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let one = dir.path().join("one/d.img.xz");
-    assert_eq!(sha256_file(&one), sha256_file(&dir.path().join("two/d.img.xz")), "rebuild differs");
+    assert_eq!(
+        sha256_file(&one),
+        sha256_file(&dir.path().join("two/d.img.xz")),
+        "rebuild differs"
+    );
     assert_eq!(
         std::fs::read(dir.path().join("one/manifest.json")).expect("m1"),
         std::fs::read(dir.path().join("two/manifest.json")).expect("m2")
@@ -418,6 +427,83 @@ fn same_inputs_give_byte_identical_output_and_bmaptool_accepts_the_bmap() {
         .arg(dir.path().join("one/d.bmap"))
         .arg(&one)
         .arg(&target));
-    assert!(o.status.success(), "bmaptool: {}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(sha256_file(&target), sha256_file(&raw), "bmaptool copy differs from the raw image");
+    assert!(
+        o.status.success(),
+        "bmaptool: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256_file(&target),
+        sha256_file(&raw),
+        "bmaptool copy differs from the raw image"
+    );
+}
+
+/// Number after `key=` in imgbuild's `-v` log line "compressed …".
+fn logged(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" compressed"))
+        .unwrap_or_else(|| panic!("no compressed log: {stderr}"));
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    line[at + key.len() + 1..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("number")
+}
+
+#[test]
+fn warm_rebuild_recompresses_only_written_chunks_and_matches_a_cold_build() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = copy_base(&f, dir.path(), "base.img");
+    let base = base.to_str().expect("utf8");
+    let warm = dir.path().join("warm-cache");
+    let cold = dir.path().join("cold-cache");
+    let build = |cache: &Path, out: &str| {
+        let o = imgbuild(
+            dir.path(),
+            &[
+                "--board",
+                "rpi4",
+                "--base",
+                base,
+                "--out",
+                out,
+                "--name",
+                "w",
+                "-v",
+                "--cache-dir",
+                cache.to_str().expect("utf8"),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"first\"\n").expect("config");
+    let first = build(&warm, "a");
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"second\"\n").expect("config");
+    let second = build(&warm, "b");
+    build(&cold, "c");
+    assert_eq!(
+        sha256_file(&dir.path().join("b/w.img.xz")),
+        sha256_file(&dir.path().join("c/w.img.xz"))
+    );
+    let chunks = logged(&second, "chunks");
+    assert!(
+        logged(&second, "compressed") < logged(&first, "compressed"),
+        "warm run compressed as much as the cold one:\n{second}"
+    );
+    assert!(
+        logged(&second, "hashed") < chunks,
+        "warm run hashed every chunk:\n{second}"
+    );
+    let raw = unxz(&dir.path().join("b/w.img.xz"), dir.path());
+    assert_eq!(
+        debugfs_cat(&raw, f.root.offset_bytes, "/etc/hostname"),
+        b"second\n"
+    );
 }

@@ -112,7 +112,12 @@ pub fn apply(
         ..
     } = w;
     let mut dirty = root.close_tracked().map_err(ext4_err)?;
-    dirty.extend(boot.close()?);
+    // fatfs reports half-open (start, end) ranges; the pipeline works with (offset, length).
+    dirty.extend(
+        boot.close()?
+            .into_iter()
+            .map(|(start, end)| (start, end.saturating_sub(start))),
+    );
     Ok(Applied {
         written,
         dirty: merge(dirty),

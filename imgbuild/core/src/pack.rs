@@ -76,6 +76,7 @@ pub fn write_image(
     raw: &Path,
     tmp: &Path,
     how: Compress,
+    incremental: Option<&Incremental>,
     progress: &dyn Fn(u64),
 ) -> Result<(u64, String)> {
     let file = File::create(tmp).context(|| format!("creating {}", tmp.display()))?;
@@ -86,8 +87,19 @@ pub fn write_image(
                 preset: level,
                 ..Default::default()
             };
-            imgbuild_pack::compress_xz(raw, &mut out, &opts, None, None)
+            let (cache, dirty) = match incremental {
+                Some(i) => (Some(&i.cache), Some(&i.dirty)),
+                None => (None, None),
+            };
+            let stats = imgbuild_pack::compress_xz(raw, &mut out, &opts, cache, dirty)
                 .map_err(|e| Error::msg(format!("compressing {}: {e}", raw.display())))?;
+            tracing::info!(
+                chunks = stats.chunks,
+                compressed = stats.compressed_chunks,
+                cache_hits = stats.cache_hits,
+                hashed = stats.hashed_chunks,
+                "compressed"
+            );
         }
         Compress::None => {
             // Only used when the raw image could not simply be renamed; copies sparsely.
@@ -104,6 +116,50 @@ pub fn write_image(
         .context(|| format!("syncing {}", tmp.display()))?;
     progress(std::fs::metadata(raw).map(|m| m.len()).unwrap_or(0));
     Ok((size, sha))
+}
+
+/// What an incremental compression reuses: compressed chunks cached by content, and the map of
+/// chunks the apply stage wrote (the others keep the base image's chunk hashes).
+pub struct Incremental {
+    /// Compressed-chunk cache.
+    pub cache: imgbuild_pack::ChunkCache,
+    /// Base chunk index plus written ranges.
+    pub dirty: imgbuild_pack::DirtyMap,
+}
+
+impl Incremental {
+    /// Prepares incremental packing of the working copy `raw` (still equal to the base image)
+    /// under `cache_dir`: loads the base's chunk index (keyed by `base_sha256`) or computes and
+    /// stores it.
+    pub fn prepare(cache_dir: &Path, base_sha256: &str, raw: &Path) -> Result<Incremental> {
+        let err = |e: imgbuild_pack::Error| {
+            Error::msg(format!("chunk cache {}: {e}", cache_dir.display()))
+        };
+        let cache = imgbuild_pack::ChunkCache::new(cache_dir.join("chunks")).map_err(err)?;
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(base_sha256, &mut key)
+            .map_err(|e| Error::msg(format!("base sha256 {base_sha256:?}: {e}")))?;
+        let size = imgbuild_pack::DEFAULT_CHUNK_SIZE;
+        let index = match cache.load_index(&key, size).map_err(err)? {
+            Some(i) => i,
+            None => {
+                let i = imgbuild_pack::ChunkIndex::compute(raw, size).map_err(err)?;
+                cache.store_index(&key, &i).map_err(err)?;
+                i
+            }
+        };
+        Ok(Incremental {
+            cache,
+            dirty: imgbuild_pack::DirtyMap::new(index),
+        })
+    }
+
+    /// Records the byte ranges the apply stage wrote.
+    pub fn mark(&mut self, ranges: &[(u64, u64)]) {
+        for (off, len) in ranges {
+            self.dirty.mark(*off, *len);
+        }
+    }
 }
 
 /// The `sha256sum -c` line for a file: `HASH  NAME\n`.

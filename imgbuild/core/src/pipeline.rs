@@ -58,6 +58,9 @@ pub struct BuildRequest<'a> {
     pub epoch: i64,
     /// Progress sink.
     pub progress: &'a dyn Progress,
+    /// Cache directory for compressed chunks: a rebuild on the same base recompresses only the
+    /// chunks the apply stage wrote. `None` compresses everything.
+    pub chunk_cache: Option<&'a Path>,
 }
 
 /// The `manifest.json` of a build.
@@ -157,6 +160,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         epoch: req.epoch,
     };
     let cfg = req.config;
+    let mut incremental = match (req.chunk_cache, req.compress) {
+        (Some(dir), Compress::Xz { .. }) => {
+            Some(pack::Incremental::prepare(dir, &base_sha, &work.0)?)
+        }
+        _ => None,
+    };
     let applied = apply::apply(
         &target,
         req.plan,
@@ -178,7 +187,14 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
                 .context(|| format!("moving the image to {}", image_tmp.display()))?;
             (raw_size, pack::hash_file(&image_tmp)?)
         }
-        xz => pack::write_image(&work.0, &image_tmp, xz, &|p| req.progress.set(p))?,
+        xz => {
+            if let Some(inc) = incremental.as_mut() {
+                inc.mark(&applied.dirty);
+            }
+            pack::write_image(&work.0, &image_tmp, xz, incremental.as_ref(), &|p| {
+                req.progress.set(p)
+            })?
+        }
     };
     req.progress.finish();
     std::fs::write(&sha_tmp, pack::sha256sum_line(&sha256, &image_name))

@@ -548,6 +548,14 @@ impl Apt {
             )
             .context(what)?;
         }
+        for path in [&root, &cache.root] {
+            if path.to_string_lossy().contains(['"', '\n']) {
+                return Err(Error::msg(format!(
+                    "{}: apt cannot use a path with '\"' or a newline: choose another directory",
+                    path.display()
+                )));
+            }
+        }
         let conf = root.join("apt.conf");
         fs::write(&conf, apt_conf(&root, arch, cache)).context(what)?;
         Ok(Apt { dir, conf })

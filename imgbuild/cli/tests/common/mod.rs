@@ -53,6 +53,13 @@ pub fn copy_base(f: &Fixture, dir: &Path, name: &str) -> PathBuf {
     dst
 }
 
+/// One download/chunk cache per test binary (never the user's own cache).
+pub fn test_cache() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("cache tempdir"))
+        .path()
+}
+
 /// Runs the real binary in `cwd`.
 pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_imgbuild"))
@@ -60,6 +67,7 @@ pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
         .args(args)
         .env_remove("RUST_LOG")
         .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("IMGBUILD_CACHE_DIR", test_cache())
         .output()
         .expect("run imgbuild")
 }
