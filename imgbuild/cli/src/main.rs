@@ -354,6 +354,14 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     } else if args.preseed {
         bail!("--preseed needs a [greengrass] section in the config");
     }
+    let preseed_debs = match (&config.greengrass, args.preseed) {
+        (Some(gg), true) => Some(pipeline::PreseedDebs {
+            packages: payload::firstboot_packages(gg),
+            cache_dir: base::cache_dir(args.cache.cache_dir.as_deref())?.join("debs"),
+            offline: args.cache.offline,
+        }),
+        _ => None,
+    };
     let base_req = BaseRequest {
         base: args.base.clone(),
         sha256: args.base_sha256.clone(),
@@ -394,6 +402,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         epoch,
         progress: &progress,
         chunk_cache: chunk_cache.as_deref(),
+        preseed_debs,
     };
     let summary = pipeline::build(&req)?;
     if args.json {

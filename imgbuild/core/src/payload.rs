@@ -185,3 +185,25 @@ pub fn fetch_greengrass_artifacts(
         debs: Vec::new(),
     })
 }
+
+/// The packages first boot installs (see `firstboot/README.md`), for `--preseed`.
+pub fn firstboot_packages(gg: &GreengrassConfig) -> Vec<String> {
+    // docker-ce comes from Docker's repository, which the image's Debian sources do not name:
+    // resolving it fails with an error naming the package.
+    let docker: &[&str] = match gg.docker {
+        imgbuild_greengrass::Docker::Debian => &["docker.io"],
+        imgbuild_greengrass::Docker::DockerCe => &["docker-ce", "docker-ce-cli", "containerd.io"],
+    };
+    let rest = [
+        gg.java_package.as_str(),
+        "sudo",
+        "unzip",
+        "curl",
+        "ca-certificates",
+    ];
+    docker
+        .iter()
+        .chain(rest.iter())
+        .map(|s| s.to_string())
+        .collect()
+}

@@ -58,9 +58,23 @@ pub struct BuildRequest<'a> {
     pub epoch: i64,
     /// Progress sink.
     pub progress: &'a dyn Progress,
+    /// `--preseed`: resolve these packages (with dependencies, against the image's dpkg status
+    /// and Debian sources) into arm64 .debs under `/var/lib/imgbuild/preseed/debs/`.
+    pub preseed_debs: Option<PreseedDebs>,
     /// Cache directory for compressed chunks: a rebuild on the same base recompresses only the
     /// chunks the apply stage wrote. `None` compresses everything.
     pub chunk_cache: Option<&'a Path>,
+}
+
+/// What `--preseed` downloads as .debs.
+#[derive(Debug, Clone)]
+pub struct PreseedDebs {
+    /// Package names first boot installs.
+    pub packages: Vec<String>,
+    /// Cache of apt lists and .debs.
+    pub cache_dir: PathBuf,
+    /// Never touch the network.
+    pub offline: bool,
 }
 
 /// The `manifest.json` of a build.
@@ -166,12 +180,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         }
         _ => None,
     };
-    let applied = apply::apply(
-        &target,
-        req.plan,
-        cfg.user.as_ref(),
-        cfg.hostname.as_deref(),
-    )?;
+    let with_debs;
+    let plan = match &req.preseed_debs {
+        Some(p) => {
+            with_debs = add_preseed_debs(req.plan, p, &work.0, root.offset)?;
+            &with_debs
+        }
+        None => req.plan,
+    };
+    let applied = apply::apply(&target, plan, cfg.user.as_ref(), cfg.hostname.as_deref())?;
     tracing::info!(
         files = applied.written.len(),
         dirty_ranges = applied.dirty.len(),
@@ -232,6 +249,71 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         manifest: manifest_path,
         files_written: manifest.files.len(),
     })
+}
+
+/// Resolves the pre-seeded .debs against the image's dpkg status and Debian sources, and
+/// returns the plan with them added.
+fn add_preseed_debs(plan: &Plan, p: &PreseedDebs, image: &Path, root_offset: u64) -> Result<Plan> {
+    let fs = imgbuild_ext2fs::Fs::open(image, root_offset, false)
+        .map_err(|e| Error::msg(format!("--preseed: root file system: {e}")))?;
+    let read = |path: &str| -> Result<Option<Vec<u8>>> {
+        match fs.stat(path) {
+            Ok(Some(_)) => fs
+                .read_file(path)
+                .map(Some)
+                .map_err(|e| Error::msg(format!("--preseed: {e}"))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::msg(format!("--preseed: {e}"))),
+        }
+    };
+    let Some(status) = read("/var/lib/dpkg/status")? else {
+        crate::bail!(
+            "--preseed: the image has no /var/lib/dpkg/status, so its packages cannot be resolved"
+        );
+    };
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let list = read("/etc/apt/sources.list")?.map(text);
+    let mut parts = Vec::new();
+    if let Ok(names) = fs.read_dir("/etc/apt/sources.list.d") {
+        for n in names {
+            if let Some(b) = read(&format!("/etc/apt/sources.list.d/{n}"))? {
+                parts.push((n, text(b)));
+            }
+        }
+    }
+    drop(fs);
+    // Only Debian's own archive: its key is on the host; vendor repositories (e.g. Raspberry
+    // Pi's) are signed with keys that live only inside the image.
+    let sources: String = crate::preseed::image_sources(list.as_deref(), &parts)
+        .lines()
+        .filter(|l| l.contains("debian.org"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if sources.is_empty() {
+        crate::bail!("--preseed: the image's apt sources name no Debian archive (deb.debian.org) to resolve packages from");
+    }
+    let req = crate::preseed::DebRequest {
+        packages: &p.packages,
+        dpkg_status: &status,
+        sources: &sources,
+        arch: "arm64",
+        cache_dir: &p.cache_dir,
+        offline: p.offline,
+    };
+    let debs = crate::preseed::resolve_debs(&req)?;
+    let mut plan = plan.clone();
+    for d in debs {
+        let data = std::fs::read(&d.path)
+            .context(|| format!("--preseed: reading {}", d.path.display()))?;
+        plan.file(
+            &format!("{}/debs/{}", crate::payload::PRESEED_DIR, d.file_name),
+            data,
+            0o644,
+            crate::config::OwnerSpec::root(),
+            "--preseed",
+        );
+    }
+    Ok(plan)
 }
 
 fn base_err(req: &BuildRequest, e: Error) -> Error {
