@@ -193,3 +193,148 @@ fn preseed_without_greengrass_is_an_error() {
     );
     assert_fails(&o, &dir.path().join("dist"), &["--preseed", "[greengrass]"]);
 }
+
+/// A tiny static HTTP server on 127.0.0.1 for the stand-in nucleus and plugin.
+fn serve_dir(dir: &Path) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let root = dir.to_path_buf();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let name = first
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string();
+            let body = std::fs::read(root.join(name)).unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s
+                .write_all(head.as_bytes())
+                .and_then(|_| s.write_all(&body));
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn preseed_puts_nucleus_plugin_and_arm64_debs_into_the_image() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = copy_base(&f, dir.path(), "base.img");
+    // The fixture has no apt sources: give it Debian's, as a real image has.
+    let spec = format!("{}?offset={}", base.display(), f.root.offset_bytes);
+    std::fs::write(
+        dir.path().join("sources.list"),
+        "deb http://deb.debian.org/debian bookworm main\n",
+    )
+    .expect("write");
+    for cmd in ["mkdir /etc/apt", "write sources.list /etc/apt/sources.list"] {
+        assert!(run(Command::new("debugfs")
+            .args(["-w", "-R", cmd])
+            .arg(&spec)
+            .current_dir(dir.path()))
+        .status
+        .success());
+    }
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    std::fs::write(www.join("nucleus.zip"), b"stand-in nucleus").expect("write");
+    std::fs::write(www.join("plugin.jar"), b"stand-in plugin").expect("write");
+    let url = serve_dir(&www);
+    claim(dir.path(), "claim", 365);
+    let sha = |p: &str| imgbuild_testkit::sha256_file(&www.join(p));
+    let cfg = config("claim.crt", "claim.key")
+        + &format!(
+            "nucleus_url = \"{url}/nucleus.zip\"\nnucleus_sha256 = \"{}\"\nplugin_url = \"{url}/plugin.jar\"\nplugin_sha256 = \"{}\"\n",
+            sha("nucleus.zip"),
+            sha("plugin.jar")
+        );
+    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            "base.img",
+            "--preseed",
+            "--compress",
+            "none",
+            "--name",
+            "p",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = dir.path().join("dist/p.img");
+    assert_fs_clean(&img, &f);
+    let off = f.root.offset_bytes;
+    assert_eq!(
+        debugfs_cat(
+            &img,
+            off,
+            "/var/lib/imgbuild/preseed/greengrass-nucleus-2.16.0.zip"
+        ),
+        b"stand-in nucleus"
+    );
+    assert_eq!(
+        debugfs_cat(
+            &img,
+            off,
+            "/var/lib/imgbuild/preseed/fleetprovisioningbyclaim-1.2.2.jar"
+        ),
+        b"stand-in plugin"
+    );
+    let debs = imgbuild_testkit::debugfs_ls(&img, off, "/var/lib/imgbuild/preseed/debs");
+    for want in [
+        "docker.io_",
+        "openjdk-17-jre-headless_",
+        "containerd_",
+        "sudo_",
+        "unzip_",
+    ] {
+        assert!(
+            debs.iter()
+                .any(|d| d.starts_with(want) && d.ends_with(".deb")),
+            "{want} missing: {debs:?}"
+        );
+    }
+    assert!(
+        debs.iter()
+            .filter(|d| d.ends_with(".deb"))
+            .all(|d| d.contains("_arm64.deb") || d.contains("_all.deb")),
+        "{debs:?}"
+    );
+    // Every .deb is byte-identical to the one apt verified, and dpkg-deb reads it.
+    let docker = debs
+        .iter()
+        .find(|d| d.starts_with("docker.io_"))
+        .expect("docker.io");
+    let bytes = debugfs_cat(
+        &img,
+        off,
+        &format!("/var/lib/imgbuild/preseed/debs/{docker}"),
+    );
+    let copy = dir.path().join("docker.deb");
+    std::fs::write(&copy, bytes).expect("write");
+    let o = run(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&copy)
+        .args(["Package", "Architecture"]));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "Package: docker.io\nArchitecture: arm64\n"
+    );
+}
