@@ -35,7 +35,7 @@ pub struct BmapStats {
 /// Writes the bmap of the (sparse) raw image `raw` to `out`, with `block_size`-byte blocks
 /// (bmaptool uses the file system's block size, normally 4096).
 pub fn write_bmap(raw: &Path, out: &Path, block_size: u64) -> Result<BmapStats> {
-    if block_size < 512 || block_size % 512 != 0 || block_size > 1 << 30 {
+    if block_size < 512 || block_size & 511 != 0 || block_size > 1 << 30 {
         bail!("bmap block size {block_size} is invalid: use a multiple of 512 such as 4096");
     }
     let (file, len) = open_raw(raw)?;

@@ -139,7 +139,7 @@ fn parse_stream_footer(f: &[u8], flags: StreamFlags) -> Result<usize> {
 
 /// Parses an index (indicator through CRC32) into its (unpadded, uncompressed) records.
 fn parse_index(index: &[u8]) -> Result<Vec<(u64, u64)>> {
-    if index.len() < 8 || index.len() % 4 != 0 || index[0] != 0x00 {
+    if index.len() < 8 || index.len() & 3 != 0 || index[0] != 0x00 {
         bail!("xz index of {} bytes is malformed", index.len());
     }
     let body_len = index.len() - 4;
@@ -197,7 +197,7 @@ fn with_sizes(block: &[u8], sizes: (u64, u64), check: u64, block_size: u64) -> R
     put_varint(&mut reserved, block_size.max(uncompressed));
     let unpadded_header = new.len().max(reserved.len() + filters.len());
     new.resize(unpadded_header, 0);
-    while (new.len() + 4) % 4 != 0 {
+    while new.len() & 3 != 0 {
         new.push(0);
     }
     if new.len() + 4 > 1024 {
@@ -278,7 +278,7 @@ fn padded(unpadded: u64) -> u64 {
 
 /// Pads with zeros to a multiple of four bytes.
 fn pad_to_4(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while buf.len() & 3 != 0 {
         buf.push(0);
     }
 }

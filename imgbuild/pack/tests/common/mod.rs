@@ -27,7 +27,7 @@ pub fn data(len: usize, seed: u32) -> Vec<u8> {
         s ^= s << 13;
         s ^= s >> 17;
         s ^= s << 5;
-        if s % 5 == 0 {
+        if matches!(s % 5, 0) {
             out.push((s >> 8) as u8);
         } else {
             out.extend_from_slice(WORDS[(s % 8) as usize]);
