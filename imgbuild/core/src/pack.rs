@@ -8,6 +8,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// Upper bound for the xz encoders' memory (threads are reduced to stay below it).
+pub const MEMORY_LIMIT: u64 = 300 << 20;
+
 /// How the image is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compress {
@@ -83,8 +86,11 @@ pub fn write_image(
     let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     match how {
         Compress::Xz { level } => {
+            // Memory grows with threads (~142 MiB each at preset 6), not with image size: cap
+            // it so a many-core machine stays within the 300 MiB budget.
             let opts = imgbuild_pack::XzOptions {
                 preset: level,
+                memory_limit: Some(MEMORY_LIMIT),
                 ..Default::default()
             };
             let (cache, dirty) = match incremental {
