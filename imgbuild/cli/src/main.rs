@@ -236,7 +236,7 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
                 .map(|b| b.base.sha256.clone())
                 .collect();
             let report = c
-                .prune(|e| keep_pinned && pinned.iter().any(|p| *p == e.key))
+                .prune(|e| keep_pinned && pinned.contains(&e.key))
                 .map_err(err)?;
             println!(
                 "removed {} entries, freed {} bytes ({} busy)",

@@ -6,40 +6,7 @@ mod common;
 
 use common::*;
 use imgbuild_testkit::{compress, sha256_file, Compression, Layout};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-/// A one-file HTTP/1.1 server on 127.0.0.1 that counts requests (no Range support: the client
-/// must cope with a plain 200).
-fn serve(file: PathBuf) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&count);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut reader = BufReader::new(s.try_clone().expect("clone"));
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                line.clear();
-            }
-            let body = std::fs::read(&file).expect("read served file");
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s
-                .write_all(head.as_bytes())
-                .and_then(|_| s.write_all(&body));
-        }
-    });
-    (format!("http://{addr}/base.img.xz"), count)
-}
+use std::sync::atomic::Ordering;
 
 #[test]
 fn url_base_is_downloaded_once_then_served_from_the_cache() {
@@ -47,7 +14,8 @@ fn url_base_is_downloaded_once_then_served_from_the_cache() {
     let srv = tempfile::tempdir().expect("tempdir");
     let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
     let sha = sha256_file(&xz);
-    let (url, count) = serve(xz);
+    let (root, count) = serve_dir(srv.path());
+    let url = format!("{root}/base.img.xz");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"dl\"\n").expect("config");
     let cache = dir.path().join("cache");
@@ -123,8 +91,9 @@ fn url_base_is_downloaded_once_then_served_from_the_cache() {
 fn wrong_hash_or_no_hash_is_refused() {
     let f = fixture(Layout::RpiOs, 4096, 0);
     let srv = tempfile::tempdir().expect("tempdir");
-    let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
-    let (url, _count) = serve(xz);
+    compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
+    let (root, _count) = serve_dir(srv.path());
+    let url = format!("{root}/base.img.xz");
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
     let wrong = "0".repeat(64);

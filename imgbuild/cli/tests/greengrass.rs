@@ -194,41 +194,6 @@ fn preseed_without_greengrass_is_an_error() {
     assert_fails(&o, &dir.path().join("dist"), &["--preseed", "[greengrass]"]);
 }
 
-/// A tiny static HTTP server on 127.0.0.1 for the stand-in nucleus and plugin.
-fn serve_dir(dir: &Path) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let root = dir.to_path_buf();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut reader = BufReader::new(s.try_clone().expect("clone"));
-            let mut first = String::new();
-            let _ = reader.read_line(&mut first);
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                line.clear();
-            }
-            let name = first
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .trim_start_matches('/')
-                .to_string();
-            let body = std::fs::read(root.join(name)).unwrap_or_default();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s
-                .write_all(head.as_bytes())
-                .and_then(|_| s.write_all(&body));
-        }
-    });
-    format!("http://{addr}")
-}
-
 #[test]
 fn preseed_puts_nucleus_plugin_and_arm64_debs_into_the_image() {
     let f = fixture(Layout::RpiOs, 4096, 0);
@@ -253,7 +218,7 @@ fn preseed_puts_nucleus_plugin_and_arm64_debs_into_the_image() {
     std::fs::create_dir_all(&www).expect("mkdir");
     std::fs::write(www.join("nucleus.zip"), b"stand-in nucleus").expect("write");
     std::fs::write(www.join("plugin.jar"), b"stand-in plugin").expect("write");
-    let url = serve_dir(&www);
+    let (url, _) = serve_dir(&www);
     claim(dir.path(), "claim", 365);
     let sha = |p: &str| imgbuild_testkit::sha256_file(&www.join(p));
     let cfg = config("claim.crt", "claim.key")

@@ -154,23 +154,15 @@ impl Config {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => crate::bail!("{what}: give exactly one of `content` or `source`"),
             }
-            if let Some(m) = &f.mode {
-                parse_mode(m).map_err(|e| e.context(&what))?;
-            }
-            if let Some(o) = &f.owner {
-                OwnerSpec::parse(o).map_err(|e| e.context(&what))?;
-            }
+            check_mode_owner(f.mode.as_deref(), f.owner.as_deref())
+                .map_err(|e| e.context(&what))?;
         }
         for (i, t) in self.templates.iter().enumerate() {
             let what = format!("[[template]] #{} ({})", i + 1, t.path);
             check_image_path(&t.path).map_err(|e| e.context(&what))?;
             check_relative(&t.source).map_err(|e| e.context(&what))?;
-            if let Some(m) = &t.mode {
-                parse_mode(m).map_err(|e| e.context(&what))?;
-            }
-            if let Some(o) = &t.owner {
-                OwnerSpec::parse(o).map_err(|e| e.context(&what))?;
-            }
+            check_mode_owner(t.mode.as_deref(), t.owner.as_deref())
+                .map_err(|e| e.context(&what))?;
         }
         for tok in &self.boot.cmdline_append {
             if tok.is_empty() || tok.chars().any(char::is_whitespace) {
@@ -271,6 +263,17 @@ impl OwnerSpec {
             group: part(g)?,
         })
     }
+}
+
+/// Checks an optional mode and owner as `[[file]]`, `[[template]]` and overlay.toml take them.
+pub fn check_mode_owner(mode: Option<&str>, owner: Option<&str>) -> Result<()> {
+    if let Some(m) = mode {
+        parse_mode(m)?;
+    }
+    if let Some(o) = owner {
+        OwnerSpec::parse(o)?;
+    }
+    Ok(())
 }
 
 /// Parses an octal mode string such as `"0644"` or `"755"` (permission bits only).

@@ -2,7 +2,7 @@
 //! into a flat, ordered list of entries to write. Everything that can fail because of the
 //! user's input fails here, before the base image is decompressed.
 
-use crate::config::{check_image_path, parse_mode, Config, OwnerSpec};
+use crate::config::{check_image_path, check_mode_owner, parse_mode, Config, OwnerSpec};
 use crate::error::{Context, Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -181,12 +181,7 @@ pub fn add_overlay(plan: &mut Plan, dir: &Path, origin: &str) -> Result<()> {
     for (p, m) in &metas {
         let what = format!("{} [\"{p}\"]", meta_path.display());
         check_image_path(p).map_err(|e| e.context(&what))?;
-        if let Some(mode) = &m.mode {
-            parse_mode(mode).map_err(|e| e.context(&what))?;
-        }
-        if let Some(o) = &m.owner {
-            OwnerSpec::parse(o).map_err(|e| e.context(&what))?;
-        }
+        check_mode_owner(m.mode.as_deref(), m.owner.as_deref()).map_err(|e| e.context(&what))?;
     }
     let mut files = Vec::new();
     walk(dir, &mut files)?;

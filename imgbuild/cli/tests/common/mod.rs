@@ -119,3 +119,43 @@ pub fn assert_fs_clean(img: &Path, f: &Fixture) {
     let (ok, text) = imgbuild_testkit::fsck_vfat_clean(img, f.boot.offset_bytes);
     assert!(ok, "fsck.vfat -n not clean:\n{text}");
 }
+
+/// A static HTTP/1.1 server on 127.0.0.1 serving the files of `dir` (no Range support: clients
+/// must cope with a plain 200). Returns its base URL and a counter of requests served.
+pub fn serve_dir(dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&count);
+    let root = dir.to_path_buf();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let name = first
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string();
+            let body = std::fs::read(root.join(name)).unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s
+                .write_all(head.as_bytes())
+                .and_then(|_| s.write_all(&body));
+        }
+    });
+    (format!("http://{addr}"), count)
+}
