@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
 firstboot/tests/run.sh
+bash tests/cloud/lint.sh
