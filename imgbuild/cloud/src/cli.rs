@@ -1,0 +1,355 @@
+//! The `imgbuild upload` and `imgbuild cloud …` command-line definitions, ready to embed in the
+//! `imgbuild` binary (`#[command(subcommand)] cloud: CloudCommand`, `Upload(UploadArgs)`).
+//!
+//! Results go to stdout (one line each, or the plan); progress bars go to stderr. Each `run`
+//! builds its own tokio runtime, so the caller stays synchronous.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::allowlist::Allowlist;
+use crate::claim::{self, ClaimOutcome};
+use crate::client::Aws;
+use crate::devices::{self, SyncRequest};
+use crate::error::{Context, Result};
+use crate::location::{parse_presign_duration, S3Location};
+use crate::upload::{self, UploadOptions, DEFAULT_JOBS};
+use crate::{deploy, provisioning};
+
+/// `imgbuild upload FILE… --to s3://BUCKET/PREFIX/`.
+#[derive(Args, Debug, Clone)]
+pub struct UploadArgs {
+    /// Files to upload (a manifest.json next to them is uploaded too).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Destination folder, `s3://BUCKET/PREFIX/`.
+    #[arg(long, value_parser = parse_location)]
+    pub to: S3Location,
+    /// Print a presigned download URL valid this long (e.g. 24h, 7d at most).
+    #[arg(long, value_parser = parse_duration)]
+    pub presign: Option<Duration>,
+    /// Parts uploaded in parallel.
+    #[arg(long, default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(usize))]
+    pub jobs: usize,
+}
+
+impl UploadArgs {
+    /// Uploads and prints `s3://BUCKET/KEY sha256=… (N parts, M resumed)` and URLs.
+    pub fn run(self) -> Result<()> {
+        let options = UploadOptions {
+            jobs: self.jobs.max(1),
+            presign: self.presign,
+            ..UploadOptions::default()
+        };
+        let reports = block_on(async {
+            let aws = Aws::from_env().await?;
+            upload::upload_files(&aws, &self.files, &self.to, &options).await
+        })?;
+        for r in reports {
+            println!(
+                "s3://{}/{} sha256={} ({} parts, {} resumed)",
+                r.bucket, r.key, r.sha256, r.parts_total, r.parts_reused
+            );
+            if let Some(url) = r.presigned_url {
+                println!("{url}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `imgbuild cloud …`: the AWS side of a fleet.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CloudCommand {
+    /// The fleet-provisioning claim certificate kept in S3.
+    #[command(subcommand)]
+    Claim(ClaimCommand),
+    /// Fleet-provisioning parameters (endpoints, role alias, template, thing group).
+    #[command(subcommand)]
+    Provisioning(ProvisioningCommand),
+    /// Devices of the fleet.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Deploy Greengrass components to the thing group.
+    Deploy(DeployArgs),
+    /// Print the account and identity the AWS credentials belong to.
+    Whoami,
+}
+
+/// Where claim objects live.
+#[derive(Args, Debug, Clone)]
+pub struct ClaimLocationArgs {
+    /// Bucket holding the claim material.
+    #[arg(long)]
+    pub bucket: String,
+    /// Key prefix of the claim objects.
+    #[arg(long, default_value = claim::DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+/// `imgbuild cloud claim …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClaimCommand {
+    /// Create the claim certificate and store it in the bucket unless it is there already.
+    Ensure {
+        /// Bucket and prefix.
+        #[command(flatten)]
+        location: ClaimLocationArgs,
+        /// Claim policy attached to the certificate (created if missing).
+        #[arg(long, default_value = "imgbuild-claim-policy")]
+        policy: String,
+        /// Fleet provisioning template the claim may use (scopes a created policy).
+        #[arg(long)]
+        template: String,
+    },
+    /// Download the claim certificate and key for a build (the key is written with mode 0600).
+    Fetch {
+        /// Bucket and prefix.
+        #[command(flatten)]
+        location: ClaimLocationArgs,
+        /// Directory for claim.cert.pem and claim.private.key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `imgbuild cloud provisioning …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ProvisioningCommand {
+    /// Resolve the endpoints and write the parameters JSON locally and to the bucket.
+    Publish {
+        /// Bucket for provisioning.json and allowlist.txt.
+        #[arg(long)]
+        bucket: String,
+        /// Key prefix of the provisioning objects.
+        #[arg(long, default_value = provisioning::DEFAULT_PREFIX)]
+        prefix: String,
+        /// Role alias of the Greengrass token exchange role.
+        #[arg(long)]
+        role_alias: String,
+        /// Fleet provisioning template name.
+        #[arg(long)]
+        template: String,
+        /// Thing group of the fleet.
+        #[arg(long)]
+        thing_group: String,
+        /// Allowlist to validate and upload.
+        #[arg(long)]
+        allowlist: Option<PathBuf>,
+        /// Local parameters file.
+        #[arg(long, default_value = "provisioning.json")]
+        out: PathBuf,
+    },
+    /// Download published parameters.
+    Fetch {
+        /// Bucket holding provisioning.json.
+        #[arg(long)]
+        bucket: String,
+        /// Key prefix of the provisioning objects.
+        #[arg(long, default_value = provisioning::DEFAULT_PREFIX)]
+        prefix: String,
+        /// Local parameters file.
+        #[arg(long, default_value = "provisioning.json")]
+        out: PathBuf,
+    },
+}
+
+/// `imgbuild cloud devices …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum DevicesCommand {
+    /// Remove the things of the group that are not on the allowlist; fix up listed ones.
+    Sync {
+        /// Allowlist: one serial a line, `#` comments.
+        #[arg(long)]
+        allowlist: PathBuf,
+        /// Thing group of the fleet (nothing outside it is removed).
+        #[arg(long)]
+        thing_group: String,
+        /// Thing name = PREFIX + serial.
+        #[arg(long, default_value = "")]
+        thing_prefix: String,
+        /// Policy each listed device's certificate must have attached.
+        #[arg(long)]
+        device_policy: Option<String>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `imgbuild cloud deploy`.
+#[derive(Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// Thing group to deploy to.
+    #[arg(long)]
+    pub thing_group: String,
+    /// Components map (as for `aws greengrassv2 create-deployment --components`).
+    #[arg(long)]
+    pub components: PathBuf,
+    /// Deployment name (default `imgbuild-GROUP`).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl CloudCommand {
+    /// Runs the command against the account of the standard AWS credential chain.
+    pub fn run(self) -> Result<()> {
+        block_on(async {
+            let aws = Aws::from_env().await?;
+            self.run_with(&aws).await
+        })
+    }
+
+    /// Runs the command with prepared clients.
+    pub async fn run_with(self, aws: &Aws) -> Result<()> {
+        match self {
+            CloudCommand::Claim(cmd) => run_claim(aws, cmd).await,
+            CloudCommand::Provisioning(cmd) => run_provisioning(aws, cmd).await,
+            CloudCommand::Devices(DevicesCommand::Sync {
+                allowlist,
+                thing_group,
+                thing_prefix,
+                device_policy,
+                dry_run,
+            }) => {
+                let list = Allowlist::read(&allowlist)?;
+                let req = SyncRequest {
+                    thing_group: &thing_group,
+                    thing_prefix: &thing_prefix,
+                    device_policy: device_policy.as_deref(),
+                };
+                let plan = devices::plan_sync(aws, &list, &req).await?;
+                println!("{plan}");
+                if dry_run || plan.is_noop() {
+                    return Ok(());
+                }
+                let done = devices::apply_sync(aws, &plan).await?;
+                println!(
+                    "done: added to group {}, policies attached {}, things deleted {}, certificates deleted {}, \
+                     core devices deleted {}",
+                    done.added_to_group,
+                    done.policies_attached,
+                    done.things_deleted,
+                    done.certificates_deleted,
+                    done.core_devices_deleted
+                );
+                Ok(())
+            }
+            CloudCommand::Deploy(args) => {
+                let components = deploy::read_components(&args.components)?;
+                let d = deploy::deploy(aws, &args.thing_group, &components, args.name.as_deref())
+                    .await?;
+                println!("deployment {} to {}", d.deployment_id, d.target_arn);
+                Ok(())
+            }
+            CloudCommand::Whoami => {
+                let who = aws.caller_identity().await?;
+                println!(
+                    "account {} region {} identity {}",
+                    who.account,
+                    aws.region(),
+                    who.arn
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn run_claim(aws: &Aws, cmd: ClaimCommand) -> Result<()> {
+    match cmd {
+        ClaimCommand::Ensure {
+            location,
+            policy,
+            template,
+        } => {
+            let loc = S3Location::new(&location.bucket, &location.prefix)?;
+            let outcome = claim::ensure_claim(aws, &loc, &policy, &template).await?;
+            let what = match &outcome {
+                ClaimOutcome::Existing { .. } => "claim certificate already in place",
+                ClaimOutcome::PolicyReattached { .. } => {
+                    "claim certificate in place; policy attached again"
+                }
+                ClaimOutcome::Created {
+                    policy_created: true,
+                    ..
+                } => "claim certificate and policy created",
+                ClaimOutcome::Created { .. } => "claim certificate created",
+            };
+            println!("{what}: {} ({loc})", outcome.certificate_arn());
+            Ok(())
+        }
+        ClaimCommand::Fetch { location, out } => {
+            let loc = S3Location::new(&location.bucket, &location.prefix)?;
+            let files = claim::fetch_claim(aws, &loc, &out).await?;
+            println!(
+                "wrote {} and {} (0600) for {}",
+                files.cert.display(),
+                files.key.display(),
+                files.certificate_arn
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run_provisioning(aws: &Aws, cmd: ProvisioningCommand) -> Result<()> {
+    match cmd {
+        ProvisioningCommand::Publish {
+            bucket,
+            prefix,
+            role_alias,
+            template,
+            thing_group,
+            allowlist,
+            out,
+        } => {
+            let req = provisioning::PublishRequest {
+                location: S3Location::new(&bucket, &prefix)?,
+                role_alias: &role_alias,
+                template: &template,
+                thing_group: &thing_group,
+                allowlist: allowlist.as_deref(),
+                out: &out,
+            };
+            provisioning::publish(aws, &req).await?;
+            println!(
+                "wrote {} and {}{}",
+                out.display(),
+                req.location,
+                provisioning::PARAMS_NAME
+            );
+            Ok(())
+        }
+        ProvisioningCommand::Fetch {
+            bucket,
+            prefix,
+            out,
+        } => {
+            let loc = S3Location::new(&bucket, &prefix)?;
+            provisioning::fetch(aws, &loc, &out).await?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+/// Runs a future to completion on a new multi-threaded tokio runtime.
+pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context(|| "starting the async runtime")?;
+    runtime.block_on(future)
+}
+
+fn parse_location(s: &str) -> Result<S3Location, String> {
+    s.parse()
+        .map_err(|e: crate::error::CloudError| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_presign_duration(s).map_err(|e| e.to_string())
+}

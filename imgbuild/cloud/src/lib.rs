@@ -1,0 +1,32 @@
+//! imgbuild's AWS side, on the AWS Rust SDK (no hand-written request signing).
+//!
+//! - [`upload`]: `imgbuild upload FILE… --to s3://BUCKET/PREFIX/` — parallel, resumable
+//!   multipart upload with SSE, `sha256` metadata, the manifest beside the image, presigned URLs.
+//! - [`claim`]: `imgbuild cloud claim ensure|fetch` — the fleet-provisioning claim certificate.
+//! - [`provisioning`]: `imgbuild cloud provisioning publish|fetch` — endpoints and names a build needs.
+//! - [`devices`] and [`allowlist`]: `imgbuild cloud devices sync` — a thing group matches the allowlist.
+//! - [`deploy`]: `imgbuild cloud deploy` — a Greengrass v2 deployment to the thing group.
+//! - [`cli`]: the clap definitions ([`CloudCommand`], [`UploadArgs`]) the binary embeds.
+//!
+//! Credentials and region come from the standard AWS chain (see [`Aws`]); `AWS_ENDPOINT_URL`
+//! points every client at another endpoint (an emulator in the tests). Errors are one line each
+//! ([`CloudError`]), with the service's error code and message.
+
+#![deny(missing_docs)]
+
+pub mod allowlist;
+pub mod claim;
+pub mod cli;
+pub mod client;
+pub mod deploy;
+pub mod devices;
+pub mod error;
+pub mod location;
+pub mod objects;
+pub mod provisioning;
+pub mod upload;
+
+pub use cli::{CloudCommand, UploadArgs};
+pub use client::Aws;
+pub use error::{CloudError, Result};
+pub use location::S3Location;
