@@ -66,6 +66,13 @@ enum Command {
     /// Show or clean the download cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Upload artifacts to S3 (multipart, resumable, SSE, sha256 metadata).
+    #[cfg(feature = "cloud")]
+    Upload(imgbuild_cloud::UploadArgs),
+    /// The AWS side: claim certificate, provisioning parameters, device sync, deployments.
+    #[cfg(feature = "cloud")]
+    #[command(subcommand)]
+    Cloud(imgbuild_cloud::CloudCommand),
     /// Show the partition table, file systems, labels and free space of a disk image.
     Inspect {
         /// A raw or compressed (xz, gz, zstd, zip) disk image.
@@ -119,6 +126,11 @@ struct BuildArgs {
     /// Print the build summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// After a successful build, upload the image, its .sha256, .bmap and manifest.json to this
+    /// S3 folder (multipart, server-side encrypted; credentials from the standard AWS chain).
+    #[cfg(feature = "cloud")]
+    #[arg(long, value_name = "s3://BUCKET/PREFIX/")]
+    upload: Option<imgbuild_cloud::S3Location>,
 }
 
 /// Download cache options.
@@ -208,6 +220,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Cache(cmd)) => cache_command(cmd, boards_dir),
+        #[cfg(feature = "cloud")]
+        Some(Command::Upload(args)) => args.run().map_err(|e| Error::msg(e.to_string())),
+        #[cfg(feature = "cloud")]
+        Some(Command::Cloud(cmd)) => cmd.run().map_err(|e| Error::msg(e.to_string())),
     }
 }
 
@@ -304,7 +320,34 @@ fn inspect_image(image: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Uploads a build's artifacts (`build --upload`); returns the upload report lines.
+#[cfg(feature = "cloud")]
+fn upload_artifacts(
+    summary: &pipeline::BuildSummary,
+    to: &imgbuild_cloud::S3Location,
+) -> Result<Vec<String>> {
+    let upload = imgbuild_cloud::UploadArgs {
+        files: vec![
+            summary.image.path.clone(),
+            summary.sha256_file.clone(),
+            summary.bmap.clone(),
+            summary.manifest.clone(),
+        ],
+        to: to.clone(),
+        presign: None,
+        jobs: imgbuild_cloud::upload::DEFAULT_JOBS,
+    };
+    upload
+        .upload()
+        .map_err(|e| Error::msg(format!("--upload: {e}")))
+}
+
 fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
+    #[cfg(feature = "cloud")]
+    if let Some(to) = &args.upload {
+        imgbuild_cloud::cli::check_destination(to)
+            .map_err(|e| Error::msg(format!("--upload: {e}")))?;
+    }
     let config_path = match &args.config {
         Some(p) => Some(p.clone()),
         None => Some(PathBuf::from("imgbuild.toml")).filter(|p| p.exists()),
@@ -405,10 +448,21 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         preseed_debs,
     };
     let summary = pipeline::build(&req)?;
+    #[cfg(feature = "cloud")]
+    let uploaded = match &args.upload {
+        Some(to) => upload_artifacts(&summary, to)?,
+        None => Vec::new(),
+    };
+    #[cfg(not(feature = "cloud"))]
+    let uploaded: Vec<String> = Vec::new();
     if args.json {
+        let mut json = serde_json::to_value(&summary).map_err(|e| Error::msg(e.to_string()))?;
+        if let Some(map) = json.as_object_mut().filter(|_| !uploaded.is_empty()) {
+            map.insert("uploaded".into(), uploaded.into());
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&summary).map_err(|e| Error::msg(e.to_string()))?
+            serde_json::to_string_pretty(&json).map_err(|e| Error::msg(e.to_string()))?
         );
     } else {
         println!(
@@ -421,6 +475,9 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
             summary.manifest.display(),
             summary.files_written
         );
+        for line in &uploaded {
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -38,6 +38,14 @@ pub struct UploadArgs {
 impl UploadArgs {
     /// Uploads and prints `s3://BUCKET/KEY sha256=… (N parts, M resumed)` and URLs.
     pub fn run(self) -> Result<()> {
+        for line in self.upload()? {
+            println!("{line}");
+        }
+        Ok(())
+    }
+
+    /// Uploads and returns the report lines `run` prints.
+    pub fn upload(self) -> Result<Vec<String>> {
         let options = UploadOptions {
             jobs: self.jobs.max(1),
             presign: self.presign,
@@ -47,17 +55,25 @@ impl UploadArgs {
             let aws = Aws::from_env().await?;
             upload::upload_files(&aws, &self.files, &self.to, &options).await
         })?;
+        let mut lines = Vec::new();
         for r in reports {
-            println!(
+            lines.push(format!(
                 "s3://{}/{} sha256={} ({} parts, {} resumed)",
                 r.bucket, r.key, r.sha256, r.parts_total, r.parts_reused
-            );
-            if let Some(url) = r.presigned_url {
-                println!("{url}");
-            }
+            ));
+            lines.extend(r.presigned_url);
         }
-        Ok(())
+        Ok(lines)
     }
+}
+
+/// Checks that the credentials work and the bucket of `to` exists and is readable, so that
+/// `imgbuild build --upload` fails before a long build rather than after it.
+pub fn check_destination(to: &S3Location) -> Result<()> {
+    block_on(async {
+        let aws = Aws::from_env().await?;
+        crate::objects::ensure_bucket(&aws, &to.bucket).await
+    })
 }
 
 /// `imgbuild cloud …`: the AWS side of a fleet.

@@ -11,6 +11,7 @@
 
 mod compress;
 mod fixture;
+pub mod moto;
 mod oracle;
 mod tree;
 

@@ -1,14 +1,6 @@
-//! Test harness: a private moto server (with the shim for IoT provisioning templates and
-//! Greengrass v2) per test, on 127.0.0.1 and a free port, killed when dropped.
-//!
-//! The Python virtual environment is `$MOTO_VENV` or `<workspace>/target-cloud-venv`; it is
-//! created with `tests/cloud/moto.sh setup` (pinned moto) the first time it is missing.
+//! Test harness: a private moto server per test (`imgbuild_testkit::moto`) plus SDK clients
+//! aimed at it.
 #![allow(dead_code)]
-
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
 
 use aws_config::{BehaviorVersion, ConfigLoader, Region};
 use aws_sdk_s3::config::Credentials;
@@ -19,78 +11,25 @@ pub const REGION: &str = "eu-west-1";
 /// moto's default account.
 pub const ACCOUNT: &str = "123456789012";
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+/// A running moto server (see `imgbuild_testkit::moto`) with SDK-side helpers.
+pub struct Moto(imgbuild_testkit::moto::Moto);
 
-/// The venv's python, set up once per test process.
-fn python() -> PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let script = workspace().join("tests/cloud/moto.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg("setup")
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run tests/cloud/moto.sh setup");
-            assert!(out.status.success(), "tests/cloud/moto.sh setup failed");
-            let venv = String::from_utf8(out.stdout).expect("venv path is UTF-8");
-            PathBuf::from(venv.trim()).join("bin/python")
-        })
-        .clone()
-}
-
-/// A running moto server with the imgbuild shim.
-pub struct Moto {
-    child: Child,
-    /// Keeps the shim alive: it exits when this pipe closes (even if the test process is killed).
-    _stdin: ChildStdin,
-    /// `http://127.0.0.1:PORT`.
-    pub endpoint: String,
-    log: tempfile::NamedTempFile,
+impl std::ops::Deref for Moto {
+    type Target = imgbuild_testkit::moto::Moto;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Moto {
     /// Starts a server.
     pub fn start() -> Moto {
-        Moto::start_with_env(&[])
+        Moto(imgbuild_testkit::moto::Moto::start())
     }
 
     /// Starts a server with extra environment variables (e.g. moto's auth switches).
     pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut child = Command::new(python())
-            .arg(workspace().join("tests/cloud/moto_shim.py"))
-            .args(["--host", "127.0.0.1", "--port", "0", "--exit-on-stdin-eof"])
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().expect("log file"))
-            .spawn()
-            .expect("start moto_shim.py");
-        let stdin = child.stdin.take().expect("stdin pipe");
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the shim's first line");
-        let Some(endpoint) = line.trim().strip_prefix("moto-shim listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "moto shim did not start: {line:?}; log: {}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            );
-        };
-        Moto {
-            endpoint: endpoint.to_owned(),
-            child,
-            _stdin: stdin,
-            log,
-        }
+        Moto(imgbuild_testkit::moto::Moto::start_with_env(env))
     }
 
     /// A config loader aimed at this server with fixed test credentials.
@@ -141,18 +80,6 @@ impl Moto {
         ))
         .send_empty()
         .expect("seed core device");
-    }
-
-    /// The server's request log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
