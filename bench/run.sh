@@ -63,8 +63,9 @@ stage_setup() {
         have "$tool" || { echo "missing $tool (apt: time xz-utils fdisk dosfstools e2fsprogs mtools)" >&2; exit 1; }
     done
     mkdir -p "$BENCH_DIR"
-    log "building the xzpack example (release)"
-    (cd "$ROOT" && cargo build --release -q -p imgbuild-pack --example xzpack)
+    log "building the xzpack example and imgbuild (release; imgbuild without the AWS side, unused here)"
+    (cd "$ROOT" && cargo build --release -q -p imgbuild-pack --example xzpack &&
+        cargo build --release -q -p imgbuild --no-default-features)
     {
         echo "# imgbuild benchmark $(date -u +%Y-%m-%dT%H:%MZ)"
         echo
@@ -141,7 +142,7 @@ stage_warm() {
         || { echo "warm outputs differ between cache-only and dirty-map runs" >&2; exit 1; }
     [[ $(xz -dc "$BENCH_DIR/warm2.img.xz" | sha256sum) == "$(sha256sum <"$RAW")" ]] \
         || { echo "warm output does not decompress to the patched image" >&2; exit 1; }
-    note "Warm rebuild after a 64 KiB change (one 16 MiB chunk recompressed): cache + dirty map" \
+    note "Warm rebuild after a 64 KiB change (one chunk recompressed): cache + dirty map" \
         "${WALL[xzpack warm, cache + dirty map]} s wall, ${CPU[xzpack warm, cache + dirty map]} s CPU (target ≤ 3 s), $(ratio "xzpack warm, cache + dirty map" \
         "xzpack cold (empty cache)")× the cold time; re-run with the cache only (every chunk re-hashed," \
         "all blocks cached) ${WALL[xzpack warm, cache only (rehash all)]} s. Both outputs identical and" \
@@ -169,16 +170,105 @@ stage_bmap() {
     fi
 }
 
-# Patch stage (30 files + FAT edits) vs debugfs -w + mcopy: added by the lead with the imgbuild CLI.
-stage_patch() {
-    [[ -x $IMGBUILD ]] || { skip patch "imgbuild binary not built ($IMGBUILD)"; return; }
-    skip patch "imgbuild patch-stage benchmark not written yet"
+# The bench project: 28 files for the ext4 root (4 KiB-2 MiB, ~10 MiB, numeric owners and modes)
+# and 2 for the FAT partition as [[file]] entries, plus a cmdline.txt and a config.txt edit; the
+# base is the fixture with a cmdline.txt and config.txt on its FAT partition.
+prepare_project() {
+    local proj=$BENCH_DIR/project
+    rm -rf "$proj" && mkdir -p "$proj/files"
+    python3 - "$proj" <<'PY'
+import random, sys, os
+proj = sys.argv[1]
+rng = random.Random(42)
+sizes = [4096 * (1 << (i % 10)) for i in range(30)]
+with open(os.path.join(proj, "imgbuild.toml"), "w") as cfg, open(os.path.join(proj, "files.txt"), "w") as lst:
+    cfg.write('[boot]\ncmdline_append = ["cgroup_enable=memory", "cgroup_memory=1"]\n[boot.config]\nenable_uart = "1"\n')
+    for i, size in enumerate(sizes):
+        name = f"f{i:02}.bin"
+        with open(os.path.join(proj, "files", name), "wb") as f:
+            # half random, half text: like configs and binaries
+            f.write(rng.randbytes(size // 2) + (b"bench line %d\n" % i) * (size // 2 // 14 + 1))
+        dest = f"/boot/firmware/bench/{name}" if i >= 28 else f"/opt/bench/d{i % 4}/{name}"
+        mode, uid = ("0755", 1000) if i % 3 == 0 else ("0644", 0)
+        cfg.write(f'[[file]]\npath = "{dest}"\nsource = "files/{name}"\nmode = "{mode}"\nowner = "{uid}:{uid}"\n')
+        lst.write(f"{name} {dest} {mode} {uid}\n")
+PY
+    cp --sparse=always "$RAW" "$BENCH_DIR/base.img"
+    printf 'console=serial0,115200 root=LABEL=rootfs rootwait\n' >"$BENCH_DIR/cmdline.txt"
+    printf '[all]\narm_64bit=1\n' >"$BENCH_DIR/config.txt"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$BENCH_DIR/base.img@@$((FAT_START * 512))" \
+        "$BENCH_DIR/cmdline.txt" "$BENCH_DIR/config.txt" ::/
 }
 
-# Full build from a cached base to .img.xz vs xz -T0 alone: added by the lead with the imgbuild CLI.
+# imgbuild run in the bench project: imgbuild_run KEY OUTDIR [ARGS...]; the per-stage times it
+# logs with -v land in $BENCH_DIR/KEY.log. SOURCE_DATE_EPOCH is fixed, as for reproducible builds
+# (without it every build stamps "now" into every inode it writes, and more chunks change).
+imgbuild_run() {
+    local key=$1 out=$2
+    shift 2
+    measure "$key" sh -c "cd '$BENCH_DIR/project' && SOURCE_DATE_EPOCH=1700000000 '$IMGBUILD' -v --board rpi4 --base '$BENCH_DIR/base.img' \
+        --out '$out' --name bench --cache-dir '$BENCH_DIR/imgbuild-cache' $* 2>'$BENCH_DIR/$key.log'"
+}
+
+# stage_seconds KEY STAGE: the seconds imgbuild logged for STAGE in run KEY.
+stage_seconds() {
+    sed 's/\x1b\[[0-9;]*m//g' "$BENCH_DIR/$1.log" | awk -v st="stage=\"$2\"" '
+        index($0, "stage done") && index($0, st) { for (i = 1; i <= NF; i++) if ($i ~ /^seconds=/) { sub("seconds=", "", $i); print $i } }' | tail -1
+}
+
+# Patch stage: imgbuild's own patch time (files + FAT edits, from its -v log) against debugfs -w +
+# mtools doing the same on a copy of the base; plus imgbuild's working copy against cp --sparse.
+stage_patch() {
+    [[ -x $IMGBUILD ]] || { skip patch "imgbuild binary not built ($IMGBUILD)"; return; }
+    have debugfs && have mtype || { skip patch "debugfs/mtools missing"; return; }
+    prepare_project
+    rm -rf "$BENCH_DIR/out-raw"
+    imgbuild_run "imgbuild --compress none" "$BENCH_DIR/out-raw" --compress none
+    measure "cp --sparse=always (working copy)" cp --sparse=always "$BENCH_DIR/base.img" "$BENCH_DIR/theirs.img"
+    measure "debugfs -w + mtools (same 30 files + FAT edits)" bash "$ROOT/bench/patch-debugfs-mtools.sh" \
+        "$BENCH_DIR/theirs.img" "$BENCH_DIR/project" $((FAT_START * 512)) $((EXT_START * 512))
+    e2fsck -fn "$BENCH_DIR/out-raw/bench.img?offset=$((EXT_START * 512))" >/dev/null 2>&1 \
+        || { echo "imgbuild's output is not e2fsck-clean" >&2; exit 1; }
+    local ours copy
+    ours=$(stage_seconds "imgbuild --compress none" patch)
+    copy=$(stage_seconds "imgbuild --compress none" "working copy")
+    WALL[imgbuild patch stage]=$ours
+    WALL[imgbuild working copy]=$copy
+    note "Patch stage (28 ext4 files with modes/owners, 2 FAT files, cmdline.txt + config.txt edits):" \
+        "imgbuild ${ours} s (its own stage timer) vs debugfs -w + mtools" \
+        "${WALL[debugfs -w + mtools (same 30 files + FAT edits)]} s: ratio" \
+        "$(ratio "imgbuild patch stage" "debugfs -w + mtools (same 30 files + FAT edits)")× (target ≤ 1.0)." \
+        "Working copy of the 2 GiB base: imgbuild ${copy} s vs cp --sparse=always" \
+        "${WALL[cp --sparse=always (working copy)]} s: $(ratio "imgbuild working copy" "cp --sparse=always (working copy)")×." \
+        "Whole raw build (copy, hash, patch, bmap, sha256): ${WALL[imgbuild --compress none]} s."
+}
+
+# Full build from the base to .img.xz (empty chunk cache) vs xz -T0 compressing the raw image
+# alone; then the warm rebuild after changing one file vs that first build.
 stage_build() {
     [[ -x $IMGBUILD ]] || { skip build "imgbuild binary not built ($IMGBUILD)"; return; }
-    skip build "imgbuild full-build benchmark not written yet"
+    [[ -f $BENCH_DIR/project/imgbuild.toml ]] || prepare_project
+    rm -rf "$BENCH_DIR/imgbuild-cache" "$BENCH_DIR/out-xz"
+    [[ -n ${WALL[xz -T0 -$PRESET]:-} ]] \
+        || measure "xz -T0 -$PRESET" sh -c "xz -T0 -$PRESET -c '$RAW' > '$BENCH_DIR/xz.img.xz'"
+    imgbuild_run "imgbuild full build (cold)" "$BENCH_DIR/out-xz" --xz-level "$PRESET"
+    local first
+    first=$(sha256sum <"$BENCH_DIR/out-xz/bench.img.xz")
+    # change one file of the project and rebuild with the chunk cache of the first build
+    printf 'changed %s\n' "$(date +%s%N)" >>"$BENCH_DIR/project/files/f05.bin"
+    imgbuild_run "imgbuild warm rebuild (1 file changed)" "$BENCH_DIR/out-xz" --xz-level "$PRESET"
+    [[ $(sha256sum <"$BENCH_DIR/out-xz/bench.img.xz") != "$first" ]] \
+        || { echo "the warm rebuild did not change the image" >&2; exit 1; }
+    xz -t "$BENCH_DIR/out-xz/bench.img.xz"
+    local k
+    for k in "working copy" patch bmap compress; do
+        note "- warm rebuild, stage $k: $(stage_seconds "imgbuild warm rebuild (1 file changed)" "$k") s" \
+            "(cold: $(stage_seconds "imgbuild full build (cold)" "$k") s)"
+    done
+    note "Full build from the base to .img.xz: $(ratio "imgbuild full build (cold)" "xz -T0 -$PRESET")× the wall" \
+        "time of xz -T0 -$PRESET alone on the raw image (CPU $(cpu_ratio "imgbuild full build (cold)" "xz -T0 -$PRESET")×)." \
+        "Warm rebuild after changing one file: ${WALL[imgbuild warm rebuild (1 file changed)]} s wall" \
+        "(target ≤ 3 s), $(ratio "imgbuild warm rebuild (1 file changed)" "imgbuild full build (cold)")× the first build."
 }
 
 main() {

@@ -160,7 +160,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         req.out_dir
             .join(format!(".{}.work-{}.img", req.name, std::process::id())),
     );
-    let raw_size = decompress(req, &work.0)?;
+    let raw_size = timed("working copy", || decompress(req, &work.0))?;
     let table = disk::read_table(&work.0)
         .map_err(|e| e.context(format_args!("base {}", req.base.display())))?;
     let boot = locate(&work.0, &table, req.board, Role::Boot).map_err(|e| base_err(req, e))?;
@@ -188,21 +188,25 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         }
         None => req.plan,
     };
-    let applied = apply::apply(&target, plan, cfg.user.as_ref(), cfg.hostname.as_deref())?;
+    let applied = timed("patch", || {
+        apply::apply(&target, plan, cfg.user.as_ref(), cfg.hostname.as_deref())
+    })?;
     tracing::info!(
         files = applied.written.len(),
         dirty_ranges = applied.dirty.len(),
         "applied"
     );
 
-    imgbuild_pack::write_bmap(&work.0, &bmap_tmp, 4096)
-        .map_err(|e| Error::msg(format!("writing {}: {e}", bmap_path.display())))?;
+    timed("bmap", || {
+        imgbuild_pack::write_bmap(&work.0, &bmap_tmp, 4096)
+            .map_err(|e| Error::msg(format!("writing {}: {e}", bmap_path.display())))
+    })?;
     req.progress.start("compress", raw_size);
-    let (size, sha256) = match req.compress {
+    let (size, sha256) = timed("compress", || match req.compress {
         Compress::None => {
             std::fs::rename(&work.0, &image_tmp)
                 .context(|| format!("moving the image to {}", image_tmp.display()))?;
-            (raw_size, pack::hash_file(&image_tmp)?)
+            Ok((raw_size, pack::hash_file(&image_tmp)?))
         }
         xz => {
             if let Some(inc) = incremental.as_mut() {
@@ -210,9 +214,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
             }
             pack::write_image(&work.0, &image_tmp, xz, incremental.as_ref(), &|p| {
                 req.progress.set(p)
-            })?
+            })
         }
-    };
+    })?;
     req.progress.finish();
     std::fs::write(&sha_tmp, pack::sha256sum_line(&sha256, &image_name))
         .context(|| format!("writing {}", sha_tmp.display()))?;
@@ -249,6 +253,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         manifest: manifest_path,
         files_written: manifest.files.len(),
     })
+}
+
+/// Runs one build stage and logs how long it took (shown with `-v`; the benchmark reads it).
+fn timed<T>(stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let start = std::time::Instant::now();
+    let out = f()?;
+    let seconds = start.elapsed().as_secs_f64();
+    tracing::info!(stage, seconds = %format_args!("{seconds:.3}"), "stage done");
+    Ok(out)
 }
 
 /// Resolves the pre-seeded .debs against the image's dpkg status and Debian sources, and

@@ -2,7 +2,7 @@
 //! all cores with a content cache, and a bmaptool `.bmap`.
 //!
 //! # The .xz file
-//! [`compress_xz`] cuts the raw image into fixed chunks ([`XzOptions::chunk_size`], 16 MiB by
+//! [`compress_xz`] cuts the raw image into fixed chunks ([`XzOptions::chunk_size`], 4 MiB by
 //! default; the last one may be shorter) and compresses each independently on its own worker
 //! thread into one xz *block*. The blocks are framed, in order, as one single-stream multi-block
 //! .xz file with its index — what `xz -T0` writes: every xz decoder reads it, and since each block
