@@ -173,12 +173,66 @@ pub fn sha256sum_line(sha: &str, file_name: &str) -> String {
     format!("{sha}  {file_name}\n")
 }
 
-/// sha256 of a whole file, streamed.
+/// sha256 of a whole file (holes of a sparse file are not read).
 pub fn hash_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
+    imgbuild_pack::file_sha256(path)
+        .map(hex::encode)
+        .map_err(|e| Error::msg(e.to_string()))
+}
+
+/// sha256 of a local base image, remembered in `cache` (when given) by the file's identity:
+/// device, inode, size, modification and change times. Any write to the file changes its change
+/// time (which, unlike the modification time, cannot be set back), so a stale entry is never used;
+/// a rebuild from the same file then skips reading it whole.
+pub fn hash_base(path: &Path, cache: Option<&Path>) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(cache) = cache else {
+        return hash_file(path);
+    };
+    let meta = std::fs::metadata(path).context(|| format!("reading {}", path.display()))?;
+    let identity = format!(
+        "{} {} {} {}.{} {}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    );
+    let dir = cache.join("base-sha256");
+    let entry = dir.join(hex::encode(Sha256::digest(identity.as_bytes())));
+    if let Ok(known) = std::fs::read_to_string(&entry) {
+        if known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(known);
+        }
+    }
+    let sha = hash_file(path)?;
+    // Time stamps are coarse (a clock tick): a file changed within the last two seconds could
+    // change again without its change time moving, so its hash is not remembered (as git does).
+    let changed = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(meta.ctime()).unwrap_or(0),
+            u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+        );
+    let settled = changed
+        .elapsed()
+        .is_ok_and(|age| age >= std::time::Duration::from_secs(2));
+    if !settled {
+        return Ok(sha);
+    }
+    // The entry is an optimisation: failing to store it must not fail the build.
+    let stored = std::fs::create_dir_all(&dir).and_then(|()| {
+        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &sha).and_then(|()| std::fs::rename(&tmp, &entry))
+    });
+    if let Err(e) = stored {
+        tracing::debug!(
+            "not remembering the base's sha256 in {}: {e}",
+            entry.display()
+        );
+    }
+    Ok(sha)
 }
 
 /// A writer that hashes and counts what goes through it.
@@ -211,5 +265,72 @@ impl<W: Write> Write for HashingWriter<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn sha256sum(path: &Path) -> String {
+        let out = Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)[..64].to_string()
+    }
+
+    #[test]
+    fn base_hash_matches_sha256sum_is_remembered_and_follows_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        let base = dir.path().join("base.img");
+        // sparse: data, a 3 MiB hole, data
+        let f = File::create(&base).expect("base");
+        f.set_len(5 << 20).expect("size");
+        std::os::unix::fs::FileExt::write_all_at(&f, b"head", 0).expect("write");
+        std::os::unix::fs::FileExt::write_all_at(&f, b"tail", (5 << 20) - 4).expect("write");
+        drop(f);
+        // a file changed in the last two seconds is hashed but not remembered
+        let first = hash_base(&base, Some(&cache)).expect("hash");
+        assert!(!cache.join("base-sha256").exists());
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(hash_base(&base, Some(&cache)).expect("hash"), first);
+        assert_eq!(first, sha256sum(&base));
+        let entries: Vec<_> = std::fs::read_dir(cache.join("base-sha256"))
+            .expect("entries")
+            .collect();
+        assert_eq!(entries.len(), 1);
+        // the remembered value is what a rebuild uses (the file is not read again)
+        let entry = entries[0].as_ref().expect("entry").path();
+        std::fs::write(&entry, "ab".repeat(32)).expect("tamper");
+        assert_eq!(
+            hash_base(&base, Some(&cache)).expect("hash"),
+            "ab".repeat(32)
+        );
+        std::fs::write(&entry, &first).expect("restore");
+        // same size, same mtime set back: the change time still moves
+        let mtime = std::fs::metadata(&base)
+            .expect("meta")
+            .modified()
+            .expect("mtime");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&base)
+            .expect("open");
+        std::os::unix::fs::FileExt::write_all_at(&f, b"HEAD", 0).expect("write");
+        f.set_modified(mtime).expect("set mtime");
+        drop(f);
+        let second = hash_base(&base, Some(&cache)).expect("hash");
+        assert_eq!(second, sha256sum(&base));
+        assert_ne!(second, first);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(hash_base(&base, Some(&cache)).expect("hash"), second);
+        let entries = std::fs::read_dir(cache.join("base-sha256"))
+            .expect("entries")
+            .count();
+        assert_eq!(entries, 2, "one entry per identity");
+        assert_eq!(hash_base(&base, None).expect("hash"), second);
     }
 }

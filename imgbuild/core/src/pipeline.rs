@@ -139,7 +139,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         .context(|| format!("creating output directory {}", req.out_dir.display()))?;
     let base_sha = match &req.base_sha256 {
         Some(s) => s.clone(),
-        None => pack::hash_file(req.base)?,
+        None => timed("base sha256", || pack::hash_base(req.base, req.chunk_cache))?,
     };
     let ext = match req.compress {
         Compress::Xz { .. } => "img.xz",

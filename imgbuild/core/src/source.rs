@@ -184,6 +184,9 @@ fn decode(
     if kind == Compression::Zip {
         return decode_zip(src, input, out, progress);
     }
+    if kind == Compression::Raw {
+        return copy_raw_sparse(src, &input, input_len, out, progress);
+    }
     let count = Rc::new(Cell::new(0));
     let counted = Counting {
         inner: input,
@@ -247,6 +250,56 @@ fn decode_zip(src: &Path, input: File, out: &mut File, progress: &dyn Fn(u64)) -
         )),
         Failure::Write(e) => write_error(e),
     })
+}
+
+/// Copies a raw image like `cp --sparse=always`: only the data extents of `input` are read
+/// (found with SEEK_DATA/SEEK_HOLE), and zero blocks inside them are left as holes too.
+fn copy_raw_sparse(
+    src: &Path,
+    input: &File,
+    len: u64,
+    out: &mut File,
+    progress: &dyn Fn(u64),
+) -> Result<u64> {
+    use rustix::fs::{seek, SeekFrom};
+    let read_err = |e: io::Error, at: u64| {
+        Error::msg(format!("{}: cannot read at byte {at}: {e}", src.display()))
+    };
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    let mut reported = 0u64;
+    while pos < len {
+        let data = match seek(input, SeekFrom::Data(pos)) {
+            Ok(d) => d.min(len),
+            Err(rustix::io::Errno::NXIO) => len,
+            // no SEEK_DATA support: treat everything as data
+            Err(_) => pos,
+        };
+        let end = match seek(input, SeekFrom::Hole(data)) {
+            Ok(h) if h > data => h.min(len),
+            _ => len,
+        };
+        let mut at = data;
+        while at < end {
+            let n = usize::try_from(end - at).map_or(CHUNK, |left| left.min(CHUNK));
+            input
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|e| read_err(e, at))?;
+            write_nonzero_runs(out, &buf[..n], at).map_err(write_error)?;
+            at += n as u64;
+            progress(at);
+            reported = at;
+        }
+        pos = end.max(data);
+        if data >= len {
+            break;
+        }
+    }
+    out.set_len(len).map_err(write_error)?;
+    if reported < len {
+        progress(len);
+    }
+    Ok(len)
 }
 
 /// Reads `reader` to its end, writing non-zero 4 KiB blocks to `out` and leaving holes for

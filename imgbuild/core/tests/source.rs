@@ -47,7 +47,10 @@ fn decompress_checked(src: &Path, dst: &Path) -> u64 {
     })
     .expect("decompress");
     assert_eq!(last.get(), size, "last progress report is the full size");
-    assert!(calls.get() as u64 >= size >> 20, "reported per MiB");
+    // A raw source's holes are skipped without reading them (SEEK_DATA), in one report each.
+    if detect(src).expect("detect") != Compression::Raw {
+        assert!(calls.get() as u64 >= size >> 20, "reported per MiB");
+    }
     size
 }
 

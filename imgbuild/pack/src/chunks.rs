@@ -73,6 +73,33 @@ pub(crate) fn read_range(
     })
 }
 
+/// SHA-256 of a whole file as `sha256sum` computes it, read in 1 MiB pieces; pieces that lie
+/// in a hole of a sparse file are hashed as zeros without being read.
+pub fn file_sha256(path: &Path) -> Result<Hash> {
+    const PIECE: u64 = 1 << 20;
+    let file = File::open(path).context(|| format!("opening {}", path.display()))?;
+    let len = file
+        .metadata()
+        .context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    let zeros = vec![0u8; PIECE as usize];
+    let mut buf = Vec::with_capacity(PIECE as usize);
+    let mut hasher = Sha256::new();
+    let mut start = 0;
+    while start < len {
+        let range = start..len.min(start + PIECE);
+        let n = (range.end - range.start) as usize;
+        if is_hole(&file, &range) {
+            hasher.update(&zeros[..n]);
+        } else {
+            read_range(&file, &range, &mut buf, path)?;
+            hasher.update(&buf);
+        }
+        start = range.end;
+    }
+    Ok(hasher.finalize().into())
+}
+
 /// SHA-256 of `buf`.
 pub(crate) fn sha256(buf: &[u8]) -> Hash {
     Sha256::digest(buf).into()

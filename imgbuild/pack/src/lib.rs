@@ -67,7 +67,7 @@ mod xzformat;
 
 pub use bmap::{write_bmap, BmapStats, BMAP_VERSION};
 pub use cache::{ChunkCache, ChunkIndex, FORMAT_VERSION};
-pub use chunks::{chunk_hashes, Hash, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use chunks::{chunk_hashes, file_sha256, Hash, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use compress::{compress_xz, XzOptions, XzStats, DEFAULT_CHUNK_SIZE};
 pub use dirty::DirtyMap;
 pub use error::{Error, Result};
