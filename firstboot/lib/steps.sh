@@ -108,14 +108,17 @@ required_packages() {
     printf '%s\n' "$JAVA_PACKAGE" sudo unzip curl ca-certificates
 }
 
-# install_preseeded DEB...: install the pre-seeded .deb files without downloading, then check that
-# every required package ended up installed.
+# install_preseeded DEB...: install the pre-seeded .deb files with every package source switched off
+# (nothing can be downloaded), then check that every required package ended up installed.
+# Not `--no-download`: apt 2.6 then drops the local files from its fetch list and fails with
+# "Internal Error, Pathname to install is not absolute '<name>.deb'" (apt-get -s does not show it).
 install_preseeded() {
     local -a packages
     local status line
     mapfile -t packages < <(required_packages)
     log "installing $# pre-seeded package file(s) from $PRESEED_DIR/debs"
-    apt_get install -y --no-download --no-install-recommends "$@"
+    apt_get -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null \
+        install -y --no-install-recommends "$@"
     status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}") ||
         die "some of ${packages[*]} are unknown to dpkg after installing the pre-seeded .deb files"
     while read -r line; do

@@ -170,7 +170,7 @@ setup() {
     ! grep -q '^java' "$STUB_LOG" || false
 }
 
-@test "pre-seeded nucleus, plugin and .debs are used: no curl, no apt-get update, apt-get --no-download" {
+@test "pre-seeded nucleus, plugin and .debs are used: no curl, no apt-get update, no package sources" {
     local preseed=$R/var/lib/imgbuild/preseed
     mkdir -p "$preseed/debs"
     cp "$DOWNLOADS/greengrass-$NUCLEUS_VERSION.zip" "$preseed/greengrass-nucleus-$NUCLEUS_VERSION.zip"
@@ -182,7 +182,7 @@ setup() {
     [[ $status -eq 0 ]]
     ! grep -q '^curl' "$STUB_LOG" || false
     ! grep -q '^apt-get .* update' "$STUB_LOG" || false
-    grep -qx "apt-get -o DPkg::Lock::Timeout=300 install -y --no-download --no-install-recommends $preseed/debs/docker.io_20.10_arm64.deb $preseed/debs/sudo_1.9_arm64.deb" "$STUB_LOG"
+    grep -qx "apt-get -o DPkg::Lock::Timeout=300 -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null install -y --no-install-recommends $preseed/debs/docker.io_20.10_arm64.deb $preseed/debs/sudo_1.9_arm64.deb" "$STUB_LOG"
     # shellcheck disable=SC2016 # dpkg-query's format, logged literally
     grep -qx 'dpkg-query -W -f=${Package} ${db:Status-Status}\\n docker.io openjdk-17-jre-headless sudo unzip curl ca-certificates' "$STUB_LOG"
     assert_provisioned
