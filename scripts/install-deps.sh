@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages imgbuild needs to build and to run its tests (run as root).
+# Installs the Debian packages imgbuild needs to build and to run its tests (run as root), then
+# those of the QEMU field test (tests/field/install-deps.sh: QEMU 10 and mmdebstrap from
+# bookworm-backports, ...). IMGBUILD_SKIP_FIELD=1 leaves the field test's packages out.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
@@ -8,3 +11,6 @@ apt-get install -y -q --no-install-recommends \
   e2fsprogs dosfstools mtools fdisk gdisk util-linux xz-utils zstd gzip \
   openssl ca-certificates bmap-tools bats shellcheck sudo systemd \
   openjdk-17-jdk-headless python3 python3-venv
+if [[ ${IMGBUILD_SKIP_FIELD:-0} != 1 ]]; then
+  bash tests/field/install-deps.sh
+fi
