@@ -4,7 +4,6 @@
 
 PASSED=0
 FAILED=0
-KNOWN=0
 T0=$(date +%s)
 
 # note MESSAGE: progress line with the elapsed time.
@@ -34,20 +33,6 @@ check_not() {
     local name=$1
     shift
     if "$@"; then fail "$name"; else pass "$name"; fi
-}
-
-# check_known_bug NAME BUG COMMAND...: a check that fails because of the known product bug BUG.
-# Reported as a TAP TODO and not counted as a failure; once COMMAND passes it counts as passed
-# and says the mark can go.
-check_known_bug() {
-    local name=$1 bug=$2
-    shift 2
-    if "$@"; then
-        pass "$name # known bug fixed? drop its mark in run.sh: $bug"
-    else
-        KNOWN=$((KNOWN + 1))
-        echo "not ok - $name # TODO known product bug: $bug"
-    fi
 }
 
 # check_eq NAME ACTUAL EXPECTED

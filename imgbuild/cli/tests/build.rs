@@ -271,6 +271,12 @@ fn debian_raspi_1k_blocks_gzip_base_creates_user_in_root_fs() {
         shadow.lines().any(|l| l.starts_with("admin:!:")),
         "locked password: {shadow}"
     );
+    // the base's password-less root (as Debian's raspi image ships it) is locked
+    assert!(
+        shadow.lines().any(|l| l.starts_with("root:!:")),
+        "root still without password: {shadow}"
+    );
+    assert!(!shadow.lines().any(|l| l.split(':').nth(1) == Some("")));
     let s = stat(&img, &f, "/etc/shadow");
     assert_eq!((s.mode, s.gid), (0o640, 42));
     let sudo = stat(&img, &f, "/etc/sudoers.d/90-imgbuild-admin");

@@ -136,7 +136,61 @@ pub fn files(
             }
         }
     }
+    lock_empty_passwords(&mut out, img)?;
     Ok(out)
+}
+
+/// Locks every account whose password field in `/etc/shadow` is empty (Debian's raspi image
+/// ships `root::`, a password-less console login): imgbuild images have no default password.
+/// Works on the shadow file already in `out` when the `[user]` section changed it.
+fn lock_empty_passwords(out: &mut Vec<AccessFile>, img: &dyn ImageFiles) -> Result<()> {
+    let planned = out
+        .iter()
+        .position(|f| !f.on_boot && f.path == "/etc/shadow");
+    let shadow = match planned {
+        Some(i) => String::from_utf8_lossy(&out[i].data).into_owned(),
+        None => match img.root_file("/etc/shadow")? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => return Ok(()),
+        },
+    };
+    let (locked, names) = locked_shadow(&shadow);
+    if names.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        accounts = %names.join(","),
+        "locked password-less accounts of the base image in /etc/shadow"
+    );
+    match planned {
+        Some(i) => out[i].data = locked.into_bytes(),
+        None => {
+            let group = text(img.root_file("/etc/group")?);
+            out.push(AccessFile {
+                gid: gid_of(&group, "shadow").unwrap_or(0),
+                ..AccessFile::root("/etc/shadow", locked, 0o640)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `shadow` with each empty password field replaced by `!` (locked, as `passwd -l` does), and
+/// the names of the accounts changed.
+pub fn locked_shadow(shadow: &str) -> (String, Vec<String>) {
+    let mut names = Vec::new();
+    let mut out = String::with_capacity(shadow.len() + 8);
+    for line in shadow.split_inclusive('\n') {
+        let mut fields = line.splitn(3, ':');
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(name), Some(""), Some(rest)) if !name.is_empty() => {
+                names.push(name.to_string());
+                out.push_str(&format!("{name}:!:{rest}"));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    (out, names)
 }
 
 fn text(b: Option<Vec<u8>>) -> String {
@@ -395,6 +449,19 @@ mod tests {
         let s = sysconf_set("# root_pw=\n#hostname=\n", &[("hostname", "n1".into())]);
         assert_eq!(s, "# root_pw=\nhostname=n1\n");
         assert_eq!(sysconf_set(&s, &[("hostname", "n1".into())]), s);
+    }
+
+    #[test]
+    fn empty_passwords_are_locked_and_nothing_else_changes() {
+        let shadow =
+            "root::19000:0:99999:7:::\npi:!:19000:0:99999:7:::\nsvc:$6$s$h:19000::::::\nodd\n";
+        let (locked, names) = locked_shadow(shadow);
+        assert_eq!(names, ["root"]);
+        assert_eq!(
+            locked,
+            "root:!:19000:0:99999:7:::\npi:!:19000:0:99999:7:::\nsvc:$6$s$h:19000::::::\nodd\n"
+        );
+        assert_eq!(locked_shadow(&locked), (locked.clone(), Vec::new()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Pre-seeded packages: the arm64 `.deb` files (with every dependency the image lacks) that first
-//! boot installs with `apt-get install --no-download` from `/var/lib/imgbuild/preseed/debs/`.
+//! boot installs from `/var/lib/imgbuild/preseed/debs/` with every package source switched off.
 //!
 //! [`resolve_debs`] runs the host's own `apt-get` with a private configuration, as an ordinary
 //! user, without touching the host's apt state: the host's `apt.conf.d`, sources, preferences and
@@ -684,8 +684,8 @@ impl Apt {
         Ok(hashes)
     }
 
-    /// Simulates what first boot does, `apt-get install --no-download` of exactly these files
-    /// on the image with no sources at all: fails unless the set is complete.
+    /// Simulates what first boot does — installing exactly these files on the image with no
+    /// package source at all (`-s --no-download` here): fails unless the set is complete.
     fn check_installable(&self, debs: &[Deb]) -> Result<()> {
         if debs.is_empty() {
             return Ok(());

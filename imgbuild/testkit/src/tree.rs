@@ -255,7 +255,13 @@ fn etc(root: &Path, layout: Layout, ids: &TreeIds) {
     let mut shadow = String::new();
     for (name, uid, gid, home, shell) in USERS {
         passwd.push_str(&format!("{name}:x:{uid}:{gid}:{name}:{home}:{shell}\n"));
-        shadow.push_str(&format!("{name}:*:19800:0:99999:7:::\n"));
+        // Debian's raspi image ships root with an empty password (console login without one).
+        let pw = if *name == "root" && layout == Layout::DebianRaspi {
+            ""
+        } else {
+            "*"
+        };
+        shadow.push_str(&format!("{name}:{pw}:19800:0:99999:7:::\n"));
     }
     file(root, "etc/passwd", passwd.as_bytes(), 0o644);
     file(root, "etc/shadow", shadow.as_bytes(), 0o640);
