@@ -414,12 +414,12 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         progress: tty,
         boards_dir: boards_dir.map(Path::to_path_buf),
     };
-    let base = base::resolve(&board, &base_req)?;
+    let mut base = base::resolve(&board, &base_req)?;
     // Incremental packing needs a cache; without one (no HOME) everything is compressed.
     let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();
     let progress = progress::Bars::new();
     progress.start("decompress", 0);
-    let raw = base::cached_raw(&base, &|p| progress.set(p));
+    let raw = base::cached_raw(&mut base, chunk_cache.as_deref(), &|p| progress.set(p));
     progress.finish();
     let raw = raw?;
     let req = BuildRequest {

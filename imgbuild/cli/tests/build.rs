@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use imgbuild_testkit::{
-    compress, debugfs_cat, debugfs_ls, debugfs_readlink, debugfs_stat, mtype, run, sfdisk_dump,
-    sgdisk_verify, sha256_file, Compression, ExtKind, Fixture, Layout,
+    compress, debugfs_cat, debugfs_ls, debugfs_readlink, debugfs_stat, e2fsck_clean, mtype, run,
+    sfdisk_dump, sgdisk_verify, sha256_file, Compression, ExtKind, Fixture, Layout,
 };
 use std::path::Path;
 use std::process::Command;
@@ -512,4 +512,67 @@ fn warm_rebuild_recompresses_only_written_chunks_and_matches_a_cold_build() {
         debugfs_cat(&raw, f.root.offset_bytes, "/etc/hostname"),
         b"second\n"
     );
+}
+
+#[test]
+fn a_compressed_local_base_is_decompressed_once_into_the_cache() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let base = compress(&raw_base, Compression::Xz);
+    let base_sha = sha256_file(&base);
+    let cache = dir.path().join("cache");
+    let build = |out: &str| {
+        let o = imgbuild(
+            dir.path(),
+            &[
+                "--board",
+                "rpi4",
+                "--base",
+                base.to_str().expect("utf8"),
+                "--out",
+                out,
+                "--name",
+                "c",
+                "--cache-dir",
+                cache.to_str().expect("utf8"),
+                "-v",
+            ],
+        );
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{log}");
+        let out = dir.path().join(out);
+        (unxz(&out.join("c.img.xz"), &out), log)
+    };
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"cached\"\n").expect("config");
+    let (first, log1) = build("one");
+    // The raw image is in the cache under the sha256 of the .xz, which the manifest records.
+    let cached = cache.join("raw").join(format!("{base_sha}.img"));
+    assert_eq!(
+        sha256_file(&cached),
+        sha256_file(&raw_base),
+        "cached raw image"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("one/manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["base"]["sha256"], base_sha.as_str());
+    assert!(
+        log1.contains("base: decompressing into the cache"),
+        "{log1}"
+    );
+    // A second build starts from the cached raw image, and gives the same image.
+    let (second, log2) = build("two");
+    assert!(log2.contains("base: raw image from the cache"), "{log2}");
+    assert!(!log2.contains("decompressing"), "{log2}");
+    assert_eq!(sha256_file(&first), sha256_file(&second));
+    assert_eq!(
+        debugfs_cat(&second, f.root.offset_bytes, "/etc/hostname"),
+        b"cached\n"
+    );
+    let (clean, log) = e2fsck_clean(&second, f.root.offset_bytes);
+    assert!(clean, "{log}");
+    // The base file itself was only read.
+    assert_eq!(sha256_file(&base), base_sha);
 }

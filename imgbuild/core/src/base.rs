@@ -33,7 +33,8 @@ pub struct ResolvedBase {
     pub path: PathBuf,
     /// URL or path, for the manifest.
     pub origin: String,
-    /// sha256 of the file when known (downloads always; local files when `--base-sha256`).
+    /// sha256 of the file when known (downloads always; local files when `--base-sha256`, or
+    /// once [`cached_raw`] has hashed a compressed one).
     pub sha256: Option<String>,
     /// True when an unpinned download was allowed by `--insecure-no-verify`.
     pub insecure: bool,
@@ -151,15 +152,39 @@ fn signature_source(board: &Board, boards_dir: Option<&Path>) -> Result<Option<S
 }
 
 /// Returns a raw copy of the image from the cache, or decompresses `base` into the cache first.
-/// `None` when no cache is in use or the hash is unknown.
-pub fn cached_raw(base: &ResolvedBase, progress: &dyn Fn(u64)) -> Result<Option<PathBuf>> {
-    let (Some(dir), Some(sha)) = (&base.cache, &base.sha256) else {
+/// A compressed local file is cached too, under `cache_dir`, by its sha256 (remembered by the
+/// file's identity, see [`crate::pack::hash_base`]), which is then recorded in `base`: a rebuild
+/// from the same `.img.xz` does not decompress it again. `None` for a raw local file (used as
+/// it is) and when no cache is in use.
+pub fn cached_raw(
+    base: &mut ResolvedBase,
+    cache_dir: Option<&Path>,
+    progress: &dyn Fn(u64),
+) -> Result<Option<PathBuf>> {
+    let dir = match (&base.cache, cache_dir) {
+        (Some(downloads), _) => downloads.clone(),
+        (None, Some(dir)) => {
+            // A local file: a raw one is used as it is.
+            if crate::source::detect(&base.path)? == crate::source::Compression::Raw {
+                return Ok(None);
+            }
+            if base.sha256.is_none() {
+                base.sha256 = Some(crate::pack::hash_base(&base.path, Some(dir))?);
+            }
+            dir.to_path_buf()
+        }
+        (None, None) => return Ok(None),
+    };
+    let Some(sha) = &base.sha256 else {
         return Ok(None);
     };
+    let dir = &dir;
     let cache = Cache::open(dir).map_err(|e| Error::msg(e.to_string()))?;
     if let Some(p) = cache.raw_path(sha) {
+        tracing::info!(raw = %p.display(), "base: raw image from the cache");
         return Ok(Some(p));
     }
+    tracing::info!(base = %base.path.display(), "base: decompressing into the cache");
     let scratch = cache.scratch_path(sha);
     crate::source::decompress_to_sparse(&base.path, &scratch, progress)?;
     let stored = cache

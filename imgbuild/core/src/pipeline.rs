@@ -40,7 +40,9 @@ pub struct BuildRequest<'a> {
     pub plan: &'a Plan,
     /// The base image file (compressed or raw); opened read-only.
     pub base: &'a Path,
-    /// A cached raw (decompressed) copy of `base`, used instead of decompressing it again.
+    /// A cached raw (decompressed) copy of `base` made by [`crate::base::cached_raw`], used
+    /// instead of decompressing it again; its data extents hold no zero blocks, so it is copied
+    /// extent by extent in the kernel.
     pub raw_base: Option<&'a Path>,
     /// Where the base came from, for the manifest (URL or path).
     pub base_origin: String,
@@ -343,7 +345,11 @@ fn decompress(req: &BuildRequest, work: &Path) -> Result<u64> {
         .context(|| format!("base image {}", src.display()))?
         .len();
     req.progress.start("decompress", total);
-    let r = crate::source::decompress_to_sparse(src, work, &|p| req.progress.set(p));
+    let progress = |p| req.progress.set(p);
+    let r = match req.raw_base {
+        Some(raw) => crate::source::copy_sparse_image(raw, work, &progress),
+        None => crate::source::decompress_to_sparse(src, work, &progress),
+    };
     req.progress.finish();
     r
 }

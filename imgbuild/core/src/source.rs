@@ -55,6 +55,8 @@ const SEVEN_ZIP_MAGIC: &[u8] = &[b'7', b'z', 0xBC, 0xAF, 0x27, 0x1C];
 
 /// Output chunk size: the unit of reads from the decoder, zero checks and progress reports.
 const CHUNK: usize = 1 << 20;
+/// Largest piece copied by one `copy_file_range` call: the unit of progress reports there.
+const KERNEL_COPY_PIECE: usize = 64 << 20;
 /// Granularity of holes in the output.
 const BLOCK: usize = 4096;
 /// Memory the multi-threaded xz decoder may use before it falls back to fewer threads.
@@ -108,6 +110,33 @@ fn is_zstd_skippable(h: &[u8]) -> bool {
 /// opened read-only and must not be `dst`. On error nothing is left at `dst` (nor `DST.part`).
 pub fn decompress_to_sparse(src: &Path, dst: &Path, progress: &dyn Fn(u64)) -> Result<u64> {
     let kind = detect(src)?;
+    write_atomically(src, dst, |input, out| {
+        decode(kind, src, input, out, progress)
+    })
+}
+
+/// Copies `src`, a raw image whose data extents hold no zero blocks (one that
+/// [`decompress_to_sparse`] wrote, such as the cached raw copy of a base), to `dst`: only its
+/// data extents, copied by the kernel (`copy_file_range`), which shares them instead on
+/// copy-on-write file systems (btrfs, XFS). Where the kernel cannot, it copies like
+/// [`decompress_to_sparse`]. Same progress and clean-up contract.
+pub fn copy_sparse_image(src: &Path, dst: &Path, progress: &dyn Fn(u64)) -> Result<u64> {
+    write_atomically(src, dst, |input, out| {
+        let len = input
+            .metadata()
+            .context(|| format!("{}: cannot stat", src.display()))?
+            .len();
+        copy_raw_sparse(src, &input, len, out, true, progress)
+    })
+}
+
+/// Writes `dst` from `src` with `fill` through `DST.part`, renamed into place once complete;
+/// on error nothing is left at `dst` nor at `DST.part`.
+fn write_atomically(
+    src: &Path,
+    dst: &Path,
+    fill: impl FnOnce(File, &mut File) -> Result<u64>,
+) -> Result<u64> {
     let input = File::open(src).context(|| format!("{}: cannot open", src.display()))?;
     refuse_same_file(src, &input, dst)?;
     let part = part_path(dst);
@@ -119,7 +148,7 @@ pub fn decompress_to_sparse(src: &Path, dst: &Path, progress: &dyn Fn(u64)) -> R
         .context(|| format!("{}: cannot create", part.display()))?;
     // No fsync: this is a working copy, rebuilt from the base after a crash; the rename only
     // keeps an interrupted run from leaving a plausible-looking image under the final name.
-    let result = decode(kind, src, input, &mut out, progress).and_then(|size| {
+    let result = fill(input, &mut out).and_then(|size| {
         drop(out);
         std::fs::rename(&part, dst)
             .context(|| format!("cannot rename {} to {}", part.display(), dst.display()))?;
@@ -185,7 +214,7 @@ fn decode(
         return decode_zip(src, input, out, progress);
     }
     if kind == Compression::Raw {
-        return copy_raw_sparse(src, &input, input_len, out, progress);
+        return copy_raw_sparse(src, &input, input_len, out, false, progress);
     }
     let count = Rc::new(Cell::new(0));
     let counted = Counting {
@@ -253,19 +282,22 @@ fn decode_zip(src: &Path, input: File, out: &mut File, progress: &dyn Fn(u64)) -
 }
 
 /// Copies a raw image like `cp --sparse=always`: only the data extents of `input` are read
-/// (found with SEEK_DATA/SEEK_HOLE), and zero blocks inside them are left as holes too.
+/// (found with SEEK_DATA/SEEK_HOLE), and zero blocks inside them are left as holes too. With
+/// `in_kernel` (for inputs whose data extents hold no zero blocks) the extents are copied with
+/// `copy_file_range` instead, as long as the kernel supports it for these two files.
 fn copy_raw_sparse(
     src: &Path,
     input: &File,
     len: u64,
     out: &mut File,
+    mut in_kernel: bool,
     progress: &dyn Fn(u64),
 ) -> Result<u64> {
     use rustix::fs::{seek, SeekFrom};
     let read_err = |e: io::Error, at: u64| {
         Error::msg(format!("{}: cannot read at byte {at}: {e}", src.display()))
     };
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = Vec::new();
     let mut pos = 0u64;
     let mut reported = 0u64;
     while pos < len {
@@ -280,8 +312,25 @@ fn copy_raw_sparse(
             _ => len,
         };
         let mut at = data;
+        if in_kernel && data < end {
+            match copy_in_kernel(input, out, at, end, progress) {
+                Ok(copied) => at = copied,
+                Err(KernelCopy::Unsupported(copied)) => {
+                    at = copied;
+                    in_kernel = false;
+                }
+                Err(KernelCopy::Failed(e, copied)) => {
+                    return Err(Error::msg(format!(
+                    "{}: cannot copy it from byte {copied} on: {e} - is there enough free space?",
+                    src.display()
+                )))
+                }
+            }
+            reported = at;
+        }
         while at < end {
             let n = usize::try_from(end - at).map_or(CHUNK, |left| left.min(CHUNK));
+            buf.resize(CHUNK, 0);
             input
                 .read_exact_at(&mut buf[..n], at)
                 .map_err(|e| read_err(e, at))?;
@@ -300,6 +349,47 @@ fn copy_raw_sparse(
         progress(len);
     }
     Ok(len)
+}
+
+/// Why an in-kernel copy stopped early, with the position reached.
+enum KernelCopy {
+    /// The kernel cannot copy between these files (other file systems, old kernel): copy
+    /// through user space from the position reached.
+    Unsupported(u64),
+    /// A real I/O error.
+    Failed(io::Error, u64),
+}
+
+/// Copies `[from, to)` of `input` to the same offsets of `out` with `copy_file_range`, in
+/// pieces of [`KERNEL_COPY_PIECE`] (a progress report each). Returns `to`.
+fn copy_in_kernel(
+    input: &File,
+    out: &File,
+    from: u64,
+    to: u64,
+    progress: &dyn Fn(u64),
+) -> std::result::Result<u64, KernelCopy> {
+    use rustix::io::Errno;
+    let mut at = from;
+    while at < to {
+        let want =
+            usize::try_from(to - at).map_or(KERNEL_COPY_PIECE, |left| left.min(KERNEL_COPY_PIECE));
+        let (mut off_in, mut off_out) = (at, at);
+        match rustix::fs::copy_file_range(input, Some(&mut off_in), out, Some(&mut off_out), want) {
+            Ok(0) => {
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended early");
+                return Err(KernelCopy::Failed(e, at));
+            }
+            Ok(n) => at += n as u64,
+            Err(Errno::INTR) => continue,
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::PERM) => {
+                return Err(KernelCopy::Unsupported(at))
+            }
+            Err(e) => return Err(KernelCopy::Failed(e.into(), at)),
+        }
+        progress(at);
+    }
+    Ok(to)
 }
 
 /// Reads `reader` to its end, writing non-zero 4 KiB blocks to `out` and leaving holes for

@@ -1,7 +1,7 @@
 //! Decompression into sparse files, checked against the CLI compressors and sha256.
 
 use imgbuild_core::disk::read_table;
-use imgbuild_core::source::{decompress_to_sparse, detect, Compression};
+use imgbuild_core::source::{copy_sparse_image, decompress_to_sparse, detect, Compression};
 use imgbuild_testkit::{
     build_fixture, compress, random_bytes_file, run_ok, sha256_file, write_zip, Compression as Cli,
     Fixture, FixtureOptions,
@@ -128,6 +128,63 @@ fn concatenated_streams_and_trailing_zero_holes() {
         assert_eq!(size, both.len() as u64, "{ext}");
         assert_eq!(sha256_file(&dst), want, "{ext}");
     }
+}
+
+/// The data extents of a file as `(start, end)` byte ranges (SEEK_DATA / SEEK_HOLE).
+fn data_map(path: &Path) -> Vec<(u64, u64)> {
+    use rustix::fs::{seek, SeekFrom};
+    let file = std::fs::File::open(path).expect("open");
+    let len = file.metadata().expect("stat").len();
+    let mut map = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let Ok(start) = seek(&file, SeekFrom::Data(pos)) else {
+            break;
+        };
+        let end = seek(&file, SeekFrom::Hole(start)).expect("SEEK_HOLE");
+        map.push((start, end));
+        pos = end;
+    }
+    map
+}
+
+#[test]
+fn a_cached_raw_image_is_copied_extent_for_extent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = small_fixture(dir.path());
+    // What the raw cache holds: the image as decompress_to_sparse wrote it.
+    let raw = dir.path().join("raw.img");
+    decompress_checked(&compress(&f.path, Cli::Zstd), &raw);
+    let before = fingerprint(&raw);
+    let copy = dir.path().join("copy.img");
+    let last = Cell::new(0u64);
+    let size = copy_sparse_image(&raw, &copy, &|n| {
+        assert!(
+            n > last.get(),
+            "progress must increase: {n} after {}",
+            last.get()
+        );
+        last.set(n);
+    })
+    .expect("copy");
+    let len = std::fs::metadata(&raw).expect("stat").len();
+    assert_eq!(
+        (size, last.get()),
+        (len, len),
+        "size and last progress report"
+    );
+    run_ok(Command::new("cmp").arg(&raw).arg(&copy));
+    assert_eq!(
+        data_map(&copy),
+        data_map(&raw),
+        "same data extents, same holes"
+    );
+    assert_eq!(fingerprint(&raw), before, "the cached image changed");
+    assert_gone(&PathBuf::from(format!("{}.part", copy.display())));
+    // Copying an image onto itself is refused and leaves it whole.
+    let err = copy_sparse_image(&raw, &raw, &|_| {}).expect_err("same file");
+    assert!(err.to_string().contains("overwrite the base"), "{err}");
+    assert_eq!(fingerprint(&raw), before);
 }
 
 fn truncate_copy(src: &Path, dst: &Path, keep: u64) {
