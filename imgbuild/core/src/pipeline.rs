@@ -199,26 +199,43 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         "applied"
     );
 
-    timed("bmap", || {
-        imgbuild_pack::write_bmap(&work.0, &bmap_tmp, 4096)
-            .map_err(|e| Error::msg(format!("writing {}: {e}", bmap_path.display())))
-    })?;
+    let bmap = || {
+        timed("bmap", || {
+            imgbuild_pack::write_bmap(&work.0, &bmap_tmp, 4096)
+                .map(|_| ())
+                .map_err(|e| Error::msg(format!("writing {}: {e}", bmap_path.display())))
+        })
+    };
     req.progress.start("compress", raw_size);
-    let (size, sha256) = timed("compress", || match req.compress {
+    let (size, sha256) = match req.compress {
         Compress::None => {
-            std::fs::rename(&work.0, &image_tmp)
-                .context(|| format!("moving the image to {}", image_tmp.display()))?;
-            Ok((raw_size, pack::hash_file(&image_tmp)?))
+            bmap()?;
+            timed("compress", || {
+                std::fs::rename(&work.0, &image_tmp)
+                    .context(|| format!("moving the image to {}", image_tmp.display()))?;
+                Ok((raw_size, pack::hash_file(&image_tmp)?))
+            })?
         }
         xz => {
             if let Some(inc) = incremental.as_mut() {
                 inc.mark(&applied.dirty);
             }
-            pack::write_image(&work.0, &image_tmp, xz, incremental.as_ref(), &|p| {
-                req.progress.set(p)
-            })
+            // The bmap is hashed while the image is compressed: a warm rebuild takes most
+            // chunks from the cache and leaves cores free.
+            std::thread::scope(|scope| {
+                let bmapped = scope.spawn(bmap);
+                let packed = timed("compress", || {
+                    pack::write_image(&work.0, &image_tmp, xz, incremental.as_ref(), &|p| {
+                        req.progress.set(p)
+                    })
+                });
+                let bmapped = bmapped
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::msg("writing the bmap: its thread panicked")));
+                packed.and_then(|packed| bmapped.map(|()| packed))
+            })?
         }
-    })?;
+    };
     req.progress.finish();
     std::fs::write(&sha_tmp, pack::sha256sum_line(&sha256, &image_name))
         .context(|| format!("writing {}", sha_tmp.display()))?;
