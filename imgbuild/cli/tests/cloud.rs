@@ -8,8 +8,7 @@ mod common;
 
 use common::*;
 use imgbuild_testkit::moto::Moto;
-use imgbuild_testkit::{debugfs_cat, Layout};
-use sha2::{Digest, Sha256};
+use imgbuild_testkit::{debugfs_cat, sha256_file, Fixture, Layout};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -38,10 +37,6 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn sha256_hex(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
-}
-
 /// A bucket, a thing group, a role alias and a provisioning template, as an account owner has them.
 fn seed_account(moto: &Moto) {
     moto.boto3(
@@ -53,6 +48,17 @@ fn seed_account(moto: &Moto) {
            provisioningRoleArn='arn:aws:iam::123456789012:role/Provisioning', enabled=True)\n",
         &[],
     );
+}
+
+/// A seeded moto account, a Raspberry Pi OS fixture and a project directory holding it as
+/// `base.img`.
+fn account_and_project() -> (Moto, Fixture, tempfile::TempDir) {
+    let moto = Moto::start();
+    seed_account(&moto);
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_base(&f, dir.path(), "base.img");
+    (moto, f, dir)
 }
 
 /// Objects under `prefix` in bucket `fleet`: key -> (size, sha256 metadata, SSE).
@@ -70,12 +76,8 @@ fn objects(moto: &Moto, prefix: &str) -> serde_json::Value {
 
 #[test]
 fn workflow_claim_provisioning_build_and_upload() {
-    let moto = Moto::start();
-    seed_account(&moto);
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (moto, f, dir) = account_and_project();
     let d = dir.path();
-    copy_base(&f, d, "base.img");
 
     // claim ensure is idempotent: the second run creates nothing
     let ensure = [
@@ -183,7 +185,7 @@ fn workflow_claim_provisioning_build_and_upload() {
         );
         assert_eq!(
             entry[1].as_str(),
-            Some(sha256_hex(&local).as_str()),
+            Some(sha256_file(&local).as_str()),
             "{name}"
         );
         assert_eq!(entry[2].as_str(), Some("AES256"), "{name}");
@@ -228,19 +230,15 @@ fn workflow_claim_provisioning_build_and_upload() {
     );
     assert_eq!(
         String::from_utf8_lossy(&got.stdout).trim(),
-        sha256_hex(&d.join("dist/fleet.img.xz"))
+        sha256_file(&d.join("dist/fleet.img.xz"))
     );
 }
 
 #[test]
 fn upload_destination_problems_fail_before_the_build() {
-    let moto = Moto::start();
-    seed_account(&moto);
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (moto, _fixture, dir) = account_and_project();
     let d = dir.path();
-    copy_base(&f, d, "base.img");
-    let before = sha256_hex(&d.join("base.img"));
+    let before = sha256_file(&d.join("base.img"));
     let out = d.join("dist");
     let build = |to: &str| {
         imgbuild_aws(
@@ -289,5 +287,5 @@ fn upload_destination_problems_fail_before_the_build() {
         .expect("run imgbuild");
     assert_fails(&o, &out, &["--upload", "InvalidAccessKeyId"]);
     assert!(!out.exists());
-    assert_eq!(sha256_hex(&d.join("base.img")), before, "base changed");
+    assert_eq!(sha256_file(&d.join("base.img")), before, "base changed");
 }
