@@ -178,8 +178,7 @@ pub fn cached_raw(
     let Some(sha) = &base.sha256 else {
         return Ok(None);
     };
-    let dir = &dir;
-    let cache = Cache::open(dir).map_err(|e| Error::msg(e.to_string()))?;
+    let cache = Cache::open(&dir).map_err(|e| Error::msg(e.to_string()))?;
     if let Some(p) = cache.raw_path(sha) {
         tracing::info!(raw = %p.display(), "base: raw image from the cache");
         return Ok(Some(p));

@@ -297,7 +297,7 @@ fn copy_raw_sparse(
     let read_err = |e: io::Error, at: u64| {
         Error::msg(format!("{}: cannot read at byte {at}: {e}", src.display()))
     };
-    let mut buf = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     let mut reported = 0u64;
     while pos < len {
@@ -330,7 +330,6 @@ fn copy_raw_sparse(
         }
         while at < end {
             let n = usize::try_from(end - at).map_or(CHUNK, |left| left.min(CHUNK));
-            buf.resize(CHUNK, 0);
             input
                 .read_exact_at(&mut buf[..n], at)
                 .map_err(|e| read_err(e, at))?;
