@@ -76,26 +76,52 @@ fn sync_removals_need_yes_without_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("allow.txt"), "SN1\nSN2\n").unwrap();
     let before = snapshot(&moto);
-    let sync = ["cloud", "devices", "sync", "--allowlist", "allow.txt", "--thing-group", "Fleet"];
+    let sync = [
+        "cloud",
+        "devices",
+        "sync",
+        "--allowlist",
+        "allow.txt",
+        "--thing-group",
+        "Fleet",
+    ];
 
     let o = imgbuild(&moto, dir.path(), &sync);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
-    assert!(out.contains("remove   SN3: remove from group;"), "the plan is printed: {out}");
-    assert!(err.contains("removals need --yes") && err.contains("nothing was changed"), "{err}");
+    assert!(
+        out.contains("remove   SN3: remove from group;"),
+        "the plan is printed: {out}"
+    );
+    assert!(
+        err.contains("removals need --yes") && err.contains("nothing was changed"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(snapshot(&moto), before, "refusal changed the account");
 
     let o = imgbuild(&moto, dir.path(), &[&sync[..], &["--yes"]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
-    assert!(out.contains("things deleted 1, certificates deleted 1"), "{out}");
+    assert!(
+        out.contains("things deleted 1, certificates deleted 1"),
+        "{out}"
+    );
 
-    let o = imgbuild(&moto, dir.path(), &["cloud", "devices", "ls", "--thing-group", "Fleet", "--json"]);
+    let o = imgbuild(
+        &moto,
+        dir.path(),
+        &["cloud", "devices", "ls", "--thing-group", "Fleet", "--json"],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let things: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["thing"].as_str().unwrap()).collect();
+    let things: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["thing"].as_str().unwrap())
+        .collect();
     assert_eq!(things, ["SN1", "SN2"]);
     assert_eq!(rows[0]["core_device_status"], "HEALTHY");
 }
@@ -104,7 +130,11 @@ fn sync_removals_need_yes_without_a_terminal() {
 fn imgbuild_on_terminal(moto: &Moto, cwd: &Path, args: &str, answer: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new("script")
-        .args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_imgbuild")), "/dev/null"])
+        .args([
+            "-qec",
+            &format!("{} {args}", env!("CARGO_BIN_EXE_imgbuild")),
+            "/dev/null",
+        ])
         .current_dir(cwd)
         .env_remove("RUST_LOG")
         .env_remove("AWS_PROFILE")
@@ -135,7 +165,10 @@ fn sync_asks_on_a_terminal_and_only_y_removes() {
     let o = imgbuild_on_terminal(&moto, dir.path(), args, "n\n");
     let (out, _) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("[y/N]") && out.contains("not confirmed"), "{out}");
+    assert!(
+        out.contains("[y/N]") && out.contains("not confirmed"),
+        "{out}"
+    );
     assert_eq!(snapshot(&moto), before, "a \"n\" changed the account");
 
     let o = imgbuild_on_terminal(&moto, dir.path(), args, "y\n");
@@ -156,8 +189,15 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
     .unwrap();
     let deploy = |extra: &[&str]| {
         let mut args = vec![
-            "cloud", "deploy", "--thing-group", "Fleet", "--components", "components.json",
-            "--wait", "--poll-interval", "50ms",
+            "cloud",
+            "deploy",
+            "--thing-group",
+            "Fleet",
+            "--components",
+            "components.json",
+            "--wait",
+            "--poll-interval",
+            "50ms",
         ];
         args.extend_from_slice(extra);
         imgbuild(&moto, dir.path(), &args)
@@ -167,25 +207,52 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
     assert!(out.contains("aws.greengrass.Cli latest -> 2.16.0"), "{out}");
-    assert!(out.contains("  SN1 QUEUED\n") && out.contains("  SN2 SUCCEEDED"), "{out}");
-    assert!(out.contains(": 2 succeeded, 0 failed, 0 timed out; not waited for (no Greengrass core device): SN3"), "{out}");
+    assert!(
+        out.contains("  SN1 QUEUED\n") && out.contains("  SN2 SUCCEEDED"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            ": 2 succeeded, 0 failed, 0 timed out; not waited for (no Greengrass core device): SN3"
+        ),
+        "{out}"
+    );
 
     behaviour(&moto, "SN2", "FAILED");
     let o = deploy(&[]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(3), "{out}{err}");
     assert!(out.contains("  SN2 FAILED"), "{out}");
-    assert!(err.starts_with("imgbuild: error: deployment ") && err.contains("failed on SN2 FAILED"), "{err}");
+    assert!(
+        err.starts_with("imgbuild: error: deployment ") && err.contains("failed on SN2 FAILED"),
+        "{err}"
+    );
 
     behaviour(&moto, "SN2", "SUCCEEDED");
     behaviour(&moto, "SN1", "OFFLINE");
     let o = deploy(&["--timeout", "400ms"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(4), "{out}{err}");
-    assert!(err.contains("did not finish in time on SN1 QUEUED"), "{err}");
+    assert!(
+        err.contains("did not finish in time on SN1 QUEUED"),
+        "{err}"
+    );
 
     // --timeout without --wait is a usage error.
-    let o = imgbuild(&moto, dir.path(), &["cloud", "deploy", "--thing-group", "Fleet", "--components", "components.json", "--timeout", "1m"]);
+    let o = imgbuild(
+        &moto,
+        dir.path(),
+        &[
+            "cloud",
+            "deploy",
+            "--thing-group",
+            "Fleet",
+            "--components",
+            "components.json",
+            "--timeout",
+            "1m",
+        ],
+    );
     assert_eq!(o.status.code(), Some(2), "clap usage error");
 }
 
@@ -200,19 +267,37 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
     .unwrap();
     std::fs::write(
         dir.path().join("provisioning.json"),
-        r#"{"region": "eu-west-1", "data_endpoint": "a-ats.iot.eu-west-1.amazonaws.com",
-            "credential_endpoint": "c.credentials.iot.eu-west-1.amazonaws.com",
+        r#"{"region": "eu-west-1", "data_endpoint": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
+            "credential_endpoint": "c1a2b3c4d5e6f7.credentials.iot.eu-west-1.amazonaws.com",
             "role_alias": "GGAlias", "provisioning_template": "FleetTemplate", "thing_group": "Fleet"}"#,
     )
     .unwrap();
-    let o = imgbuild(&moto, dir.path(), &["cloud", "provisioning", "config", "--claim-dir", "secrets", "--out", "ci-build.toml"]);
+    let o = imgbuild(
+        &moto,
+        dir.path(),
+        &[
+            "cloud",
+            "provisioning",
+            "config",
+            "--claim-dir",
+            "secrets",
+            "--out",
+            "ci-build.toml",
+        ],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("[greengrass] region: \"us-east-1\" replaced by the published \"eu-west-1\""), "{out}");
+    assert!(
+        out.contains("[greengrass] region: \"us-east-1\" replaced by the published \"eu-west-1\""),
+        "{out}"
+    );
     let merged = std::fs::read_to_string(dir.path().join("ci-build.toml")).unwrap();
     assert_eq!(merged.matches("[greengrass]").count(), 1, "{merged}");
     assert!(merged.contains("nucleus_version = \"2.16.0\""));
-    assert!(merged.contains("claim_key = \"secrets/claim.private.key\""), "{merged}");
+    assert!(
+        merged.contains("claim_key = \"secrets/claim.private.key\""),
+        "{merged}"
+    );
     // The build's own config parser and validation accept it (one [greengrass] table).
     let cfg = imgbuild_core::config::Config::parse(&merged, "ci-build.toml").expect("valid config");
     let gg = cfg.greengrass.expect("[greengrass]");
@@ -223,6 +308,18 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
     let doubled = format!("{merged}\n[greengrass]\nregion = \"eu-west-1\"\n");
     assert!(imgbuild_core::config::Config::parse(&doubled, "x").is_err());
     // Overwriting an input is refused.
-    let o = imgbuild(&moto, dir.path(), &["cloud", "provisioning", "config", "--claim-dir", "s", "--out", "imgbuild.toml"]);
+    let o = imgbuild(
+        &moto,
+        dir.path(),
+        &[
+            "cloud",
+            "provisioning",
+            "config",
+            "--claim-dir",
+            "s",
+            "--out",
+            "imgbuild.toml",
+        ],
+    );
     assert_eq!(o.status.code(), Some(1));
 }

@@ -67,13 +67,25 @@ pub fn merge(
             }
             replaced.push(Replaced {
                 key: key.to_owned(),
-                old: old.to_string().trim().to_owned(),
+                old: bare(old),
                 new: value.to_owned(),
             });
         }
         gg.insert(key, toml_edit::value(value));
     }
     Ok((doc.to_string(), replaced))
+}
+
+/// An item as TOML without its whitespace and comments.
+fn bare(item: &Item) -> String {
+    match item.as_value() {
+        Some(value) => {
+            let mut value = value.clone();
+            value.decor_mut().clear();
+            value.to_string()
+        }
+        None => item.to_string().trim().to_owned(),
+    }
 }
 
 /// Reads `config` and `params_file` (provisioning.json), merges, and writes `out` (not over
@@ -93,8 +105,12 @@ pub fn write_merged(
     }
     let text = std::fs::read_to_string(config)
         .context(|| format!("{}: cannot read the configuration", config.display()))?;
-    let json = std::fs::read_to_string(params_file)
-        .context(|| format!("{}: cannot read the provisioning parameters", params_file.display()))?;
+    let json = std::fs::read_to_string(params_file).context(|| {
+        format!(
+            "{}: cannot read the provisioning parameters",
+            params_file.display()
+        )
+    })?;
     let params: ProvisioningParams = serde_json::from_str(&json).context(|| {
         format!(
             "{}: not provisioning parameters (from `imgbuild cloud provisioning fetch`)",
@@ -136,14 +152,18 @@ mod tests {
     #[test]
     fn a_project_without_greengrass_gets_one_section() {
         let cfg = "hostname = \"gg\"\n\n[user]\nname = \"admin\"\n";
-        let (out, replaced) = merge(cfg, "c", &params(), "secrets/claim.cert.pem", "secrets/k").unwrap();
+        let (out, replaced) =
+            merge(cfg, "c", &params(), "secrets/claim.cert.pem", "secrets/k").unwrap();
         assert!(replaced.is_empty());
         assert_eq!(out.matches("[greengrass]").count(), 1, "{out}");
         let t = gg(&out);
         assert_eq!(t["role_alias"].as_str(), Some("GGAlias"));
         assert_eq!(t["claim_cert"].as_str(), Some("secrets/claim.cert.pem"));
         assert_eq!(t.len(), 8);
-        assert!(out.starts_with(cfg.trim_end()), "the project's text comes first: {out}");
+        assert!(
+            out.starts_with(cfg.trim_end()),
+            "the project's text comes first: {out}"
+        );
     }
 
     #[test]
@@ -153,7 +173,10 @@ mod tests {
                    [greengrass.template_parameters]\nSite = \"Berlin\"\n\n[boot]\ncmdline_append = [\"quiet\"]\n";
         let (out, replaced) = merge(cfg, "c", &params(), "s/c.pem", "s/k.key").unwrap();
         assert_eq!(out.matches("[greengrass]").count(), 1, "{out}");
-        assert!(out.contains("# pinned for the field"), "comments kept: {out}");
+        assert!(
+            out.contains("# pinned for the field"),
+            "comments kept: {out}"
+        );
         let doc: toml::Table = toml::from_str(&out).unwrap();
         let t = doc["greengrass"].as_table().unwrap();
         assert_eq!(t["nucleus_version"].as_str(), Some("2.16.0"));
@@ -178,7 +201,9 @@ mod tests {
     #[test]
     fn bad_configs_are_errors_naming_the_file() {
         for bad in ["greengrass = 3\n", "[greengrass\n", "a = \n"] {
-            let err = merge(bad, "proj.toml", &params(), "c", "k").unwrap_err().to_string();
+            let err = merge(bad, "proj.toml", &params(), "c", "k")
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("proj.toml: "), "{bad}: {err}");
             assert!(!err.contains('\n'));
         }

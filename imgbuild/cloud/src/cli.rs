@@ -466,7 +466,9 @@ fn confirm_removals(n: usize, group: &str) -> Result<()> {
         ))
     };
     if !std::io::stdin().is_terminal() {
-        return Err(refused("removals need --yes (stdin is not a terminal, so nobody can confirm)"));
+        return Err(refused(
+            "removals need --yes (stdin is not a terminal, so nobody can confirm)",
+        ));
     }
     eprint!("remove {n} things from thing group {group}, revoking and deleting their certificates? [y/N] ");
     let _ = std::io::stderr().flush();

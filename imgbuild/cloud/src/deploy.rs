@@ -177,7 +177,11 @@ pub async fn resolve_latest(
         if spec.component_version != LATEST {
             continue;
         }
-        let owner = if name.starts_with("aws.") { "aws" } else { account.as_str() };
+        let owner = if name.starts_with("aws.") {
+            "aws"
+        } else {
+            account.as_str()
+        };
         let arn = format!(
             "arn:{partition}:greengrass:{}:{owner}:components:{name}",
             aws.region()
@@ -192,9 +196,14 @@ pub async fn resolve_latest(
             .try_collect()
             .await
         {
-            Ok(items) => items.into_iter().filter_map(|v| v.component_version).collect(),
+            Ok(items) => items
+                .into_iter()
+                .filter_map(|v| v.component_version)
+                .collect(),
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Vec::new(),
-            Err(e) => return Err(e).aws_context(|| format!("Greengrass ListComponentVersions {arn}")),
+            Err(e) => {
+                return Err(e).aws_context(|| format!("Greengrass ListComponentVersions {arn}"))
+            }
         };
         let Some(version) = newest(&versions) else {
             bail!(
@@ -212,14 +221,20 @@ pub async fn resolve_latest(
     Ok(resolved)
 }
 
-/// The greatest semantic version of `versions`: releases beat pre-releases; strings that are
+/// The greatest semantic version of `versions`: the greatest release (a pre-release only when there is no release); strings that are
 /// not `MAJOR.MINOR.PATCH[-PRE][+BUILD]` are ignored.
 pub fn newest(versions: &[String]) -> Option<String> {
-    versions
+    let parsed: Vec<(SemVer, &String)> = versions
         .iter()
         .filter_map(|v| SemVer::parse(v).map(|s| (s, v)))
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, v)| v.clone())
+        .collect();
+    let releases = parsed.iter().filter(|(s, _)| s.pre.is_empty());
+    let pick = if parsed.iter().any(|(s, _)| s.pre.is_empty()) {
+        releases.max_by(|a, b| a.0.cmp(&b.0))
+    } else {
+        parsed.iter().max_by(|a, b| a.0.cmp(&b.0))
+    };
+    pick.map(|(_, v)| (*v).clone())
 }
 
 /// A parsed semantic version, ordered as semver.org says (build metadata ignored).
@@ -255,8 +270,9 @@ impl SemVer {
 impl Ord for SemVer {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         use std::cmp::Ordering;
-        self.core.cmp(&other.core).then_with(|| {
-            match (self.pre.is_empty(), other.pre.is_empty()) {
+        self.core
+            .cmp(&other.core)
+            .then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
                 (true, true) => Ordering::Equal,
                 (true, false) => Ordering::Greater,
                 (false, true) => Ordering::Less,
@@ -274,8 +290,7 @@ impl Ord for SemVer {
                     }
                     self.pre.len().cmp(&other.pre.len())
                 }
-            }
-        })
+            })
     }
 }
 
@@ -508,9 +523,7 @@ pub async fn wait(
                 devices.insert(thing, status);
             }
         }
-        let pending = devices
-            .values()
-            .any(|s| s.verdict() == Verdict::Pending);
+        let pending = devices.values().any(|s| s.verdict() == Verdict::Pending);
         if !pending || Instant::now() >= deadline {
             break;
         }
@@ -521,7 +534,10 @@ pub async fn wait(
             .send()
             .await
             .aws_context(|| format!("Greengrass GetDeployment {deployment_id}"))?;
-        if let Some(status) = deployment.deployment_status.filter(|s| s.as_str() != "ACTIVE") {
+        if let Some(status) = deployment
+            .deployment_status
+            .filter(|s| s.as_str() != "ACTIVE")
+        {
             // Replaced by a newer revision or cancelled: pending devices will never finish it.
             for (thing, s) in devices.iter_mut() {
                 if s.verdict() == Verdict::Pending {
@@ -651,10 +667,28 @@ mod tests {
 
     #[test]
     fn wait_durations_parse_and_bad_ones_are_named() {
-        assert_eq!(parse_wait_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_wait_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_wait_duration(" 2h ").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "0s", "10", "5x", "-1s", "8d", "99999999999999999999s", "1.5h"] {
+        assert_eq!(
+            parse_wait_duration("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_wait_duration("30m").unwrap(),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            parse_wait_duration(" 2h ").unwrap(),
+            Duration::from_secs(7200)
+        );
+        for bad in [
+            "",
+            "0s",
+            "10",
+            "5x",
+            "-1s",
+            "8d",
+            "99999999999999999999s",
+            "1.5h",
+        ] {
             let err = parse_wait_duration(bad).unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
         }
@@ -665,8 +699,14 @@ mod tests {
         let v = |list: &[&str]| newest(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(v(&["1.9.0", "1.10.0", "1.2.0"]).as_deref(), Some("1.10.0"));
         assert_eq!(v(&["2.0.0-rc.1", "1.9.9"]).as_deref(), Some("1.9.9"));
-        assert_eq!(v(&["2.0.0-rc.2", "2.0.0-rc.10", "2.0.0-beta"]).as_deref(), Some("2.0.0-rc.10"));
-        assert_eq!(v(&["2.0.0-rc.1", "2.0.0+build5", "1.0.0"]).as_deref(), Some("2.0.0+build5"));
+        assert_eq!(
+            v(&["2.0.0-rc.2", "2.0.0-rc.10", "2.0.0-beta"]).as_deref(),
+            Some("2.0.0-rc.10")
+        );
+        assert_eq!(
+            v(&["2.0.0-rc.1", "2.0.0+build5", "1.0.0"]).as_deref(),
+            Some("2.0.0+build5")
+        );
         assert_eq!(v(&["latest", "1.x", "", "01a.0.0", "1.2.3.4"]), None);
         assert_eq!(v(&[]), None);
     }

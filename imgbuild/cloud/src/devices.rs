@@ -139,7 +139,10 @@ impl fmt::Display for SyncPlan {
             writeln!(f, "  add      {thing} to thing group {}", self.thing_group)?;
         }
         for thing in &self.unmark {
-            writeln!(f, "  unmark   {thing} (listed again: its interrupted removal is cancelled)")?;
+            writeln!(
+                f,
+                "  unmark   {thing} (listed again: its interrupted removal is cancelled)"
+            )?;
         }
         let policy = self.device_policy.as_deref().unwrap_or("");
         for (thing, cert) in &self.attach_policy {
@@ -455,10 +458,14 @@ async fn plan_removal(
 
 /// The ARN of a certificate, or None when it no longer exists.
 async fn certificate_arn(aws: &Aws, id: &str) -> Result<Option<String>> {
-    match aws.iot.describe_certificate().certificate_id(id).send().await {
-        Ok(out) => Ok(out
-            .certificate_description
-            .and_then(|d| d.certificate_arn)),
+    match aws
+        .iot
+        .describe_certificate()
+        .certificate_id(id)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out.certificate_description.and_then(|d| d.certificate_arn)),
         Err(e) if error_code(&e) == Some(NOT_FOUND) => Ok(None),
         Err(e) => Err(e).aws_context(|| format!("IoT DescribeCertificate {id}")),
     }
@@ -466,7 +473,13 @@ async fn certificate_arn(aws: &Aws, id: &str) -> Result<Option<String>> {
 
 async fn certificate_status(aws: &Aws, arn: &str) -> Result<Option<CertificateStatus>> {
     let id = certificate_id(arn)?;
-    match aws.iot.describe_certificate().certificate_id(id).send().await {
+    match aws
+        .iot
+        .describe_certificate()
+        .certificate_id(id)
+        .send()
+        .await
+    {
         Ok(out) => Ok(out.certificate_description.and_then(|d| d.status)),
         Err(e) if error_code(&e) == Some(NOT_FOUND) => Ok(None),
         Err(e) => Err(e).aws_context(|| format!("IoT DescribeCertificate {id}")),
@@ -785,7 +798,10 @@ pub async fn list_devices(aws: &Aws, group: &str, thing_prefix: &str) -> Result<
         let last_status_update = core
             .as_ref()
             .and_then(|c| c.last_status_update_timestamp.as_ref())
-            .and_then(|t| t.fmt(aws_sdk_greengrassv2::primitives::DateTimeFormat::DateTime).ok());
+            .and_then(|t| {
+                t.fmt(aws_sdk_greengrassv2::primitives::DateTimeFormat::DateTime)
+                    .ok()
+            });
         rows.push(DeviceRow {
             serial: thing.strip_prefix(thing_prefix).map(str::to_owned),
             certificates,
@@ -827,7 +843,9 @@ pub fn devices_table(rows: &[DeviceRow]) -> String {
             r.thing.clone(),
             r.serial.clone().unwrap_or_else(dash),
             certs,
-            r.core_device_status.clone().unwrap_or_else(|| "none".to_owned()),
+            r.core_device_status
+                .clone()
+                .unwrap_or_else(|| "none".to_owned()),
             r.last_status_update.clone().unwrap_or_else(dash),
         ]);
     }

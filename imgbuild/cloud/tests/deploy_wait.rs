@@ -66,7 +66,9 @@ async fn wait_follows_every_device_and_reports_a_failed_one() {
             run_with: None,
         },
     );
-    let d = deploy::deploy(&aws, "Fleet", &components, None).await.unwrap();
+    let d = deploy::deploy(&aws, "Fleet", &components, None)
+        .await
+        .unwrap();
     let mut lines = Vec::new();
     let report = deploy::wait(&aws, "Fleet", &d.deployment_id, FAST, |l| {
         lines.push(l.to_owned())
@@ -82,14 +84,21 @@ async fn wait_follows_every_device_and_reports_a_failed_one() {
             .map(|l| l.split(' ').nth(1).unwrap().to_owned())
             .collect()
     };
-    assert_eq!(of("SN1"), ["QUEUED", "IN_PROGRESS", "SUCCEEDED"], "{lines:?}");
+    assert_eq!(
+        of("SN1"),
+        ["QUEUED", "IN_PROGRESS", "SUCCEEDED"],
+        "{lines:?}"
+    );
     assert_eq!(of("SN2"), ["QUEUED", "IN_PROGRESS", "FAILED"], "{lines:?}");
     assert!(of("SN3").is_empty() && of("SN9").is_empty(), "{lines:?}");
 
     assert_eq!(report.outcome, Outcome::Failed);
     assert_eq!(report.without_core_device, ["SN3"]);
     let sn2 = &report.devices["SN2"];
-    assert_eq!(sn2.reason.as_deref(), Some("com.example.App errored during install"));
+    assert_eq!(
+        sn2.reason.as_deref(),
+        Some("com.example.App errored during install")
+    );
     assert_eq!(sn2.error_types, ["COMPONENT_ERROR"]);
     assert_eq!(
         report.summary(),
@@ -121,7 +130,13 @@ async fn wait_follows_every_device_and_reports_a_failed_one() {
         .filter_map(|c| c.core_device_thing_name())
         .collect();
     assert_eq!(names, ["SN1"]);
-    let sn2 = aws.greengrass.get_core_device().core_device_thing_name("SN2").send().await.unwrap();
+    let sn2 = aws
+        .greengrass
+        .get_core_device()
+        .core_device_thing_name("SN2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sn2.status().map(|s| s.as_str()), Some("UNHEALTHY"));
     let sn9 = aws
         .greengrass
@@ -163,28 +178,48 @@ async fn cli_wait_exit_statuses_and_latest_resolution() {
     args(true, None).run_with(&aws).await.unwrap();
     let list = aws.greengrass.list_deployments().send().await.unwrap();
     let id = list.deployments()[0].deployment_id().unwrap().to_owned();
-    let got = aws.greengrass.get_deployment().deployment_id(&id).send().await.unwrap();
+    let got = aws
+        .greengrass
+        .get_deployment()
+        .deployment_id(&id)
+        .send()
+        .await
+        .unwrap();
     let versions: std::collections::BTreeMap<&str, &str> = got
         .components()
         .unwrap()
         .iter()
         .map(|(k, v)| (k.as_str(), v.component_version()))
         .collect();
-    assert_eq!(versions["com.example.App"], "1.9.3", "1.10.0-rc.1 is a pre-release");
+    assert_eq!(
+        versions["com.example.App"], "1.9.3",
+        "1.10.0-rc.1 is a pre-release"
+    );
     assert_eq!(versions["aws.greengrass.Cli"], "2.16.0");
     assert_eq!(versions["com.example.Pinned"], "0.1.0");
 
     // A device that never picks the deployment up: timed out, exit status 3.
-    shim_post(&moto, "/_shim/greengrass/v2/coreDevices/SN1/behaviour", r#"{"outcome": "OFFLINE"}"#);
+    shim_post(
+        &moto,
+        "/_shim/greengrass/v2/coreDevices/SN1/behaviour",
+        r#"{"outcome": "OFFLINE"}"#,
+    );
     let err = args(true, Some(Duration::from_millis(300)))
         .run_with(&aws)
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), EXIT_TIMED_OUT);
-    common::assert_one_line(err.message(), &["did not finish in time on SN1 QUEUED", "--timeout"]);
+    common::assert_one_line(
+        err.message(),
+        &["did not finish in time on SN1 QUEUED", "--timeout"],
+    );
 
     // A failing device beats a late one: exit status 2.
-    shim_post(&moto, "/_shim/greengrass/v2/coreDevices/SN2/behaviour", r#"{"outcome": "REJECTED"}"#);
+    shim_post(
+        &moto,
+        "/_shim/greengrass/v2/coreDevices/SN2/behaviour",
+        r#"{"outcome": "REJECTED"}"#,
+    );
     let err = args(true, Some(Duration::from_secs(2)))
         .run_with(&aws)
         .await
@@ -203,7 +238,10 @@ async fn cli_wait_exit_statuses_and_latest_resolution() {
 
     // "latest" of a component the account does not have: refused before any deployment.
     let before = state(&aws).await;
-    let missing = components_file(dir.path(), r#"{"com.example.Nope": {"componentVersion": "latest"}}"#);
+    let missing = components_file(
+        dir.path(),
+        r#"{"com.example.Nope": {"componentVersion": "latest"}}"#,
+    );
     let err = CloudCommand::Deploy(DeployArgs {
         thing_group: "Fleet".to_owned(),
         components: missing,

@@ -64,10 +64,7 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let err = sync_cmd(path, 100, true)
-            .run_with(&aws)
-            .await
-            .unwrap_err();
+        let err = sync_cmd(path, 100, true).run_with(&aws).await.unwrap_err();
         common::assert_one_line(
             err.message(),
             &[name, "lists no serial numbers", "thing group Fleet"],
@@ -92,18 +89,36 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
         ],
     );
     assert_eq!(err.exit_code(), 1);
-    assert_eq!(state(&aws).await, before, "--max-removals refusal changed the account");
+    assert_eq!(
+        state(&aws).await,
+        before,
+        "--max-removals refusal changed the account"
+    );
 
     // Within the limit but without --yes: the guard asks (the CLI prompts only on a terminal,
     // otherwise refuses; the binary's test covers that path with stdin closed).
     let allowlist = Allowlist::read(&list).unwrap();
     let plan = plan_sync(&aws, &allowlist, &request()).await.unwrap();
     assert_eq!(
-        approve(&plan, Guards { max_removals: 5, yes: false }).unwrap(),
+        approve(
+            &plan,
+            Guards {
+                max_removals: 5,
+                yes: false
+            }
+        )
+        .unwrap(),
         Approval::Ask
     );
     assert_eq!(
-        approve(&plan, Guards { max_removals: 3, yes: true }).unwrap(),
+        approve(
+            &plan,
+            Guards {
+                max_removals: 3,
+                yes: true
+            }
+        )
+        .unwrap(),
         Approval::Proceed
     );
     assert_eq!(state(&aws).await, before);
@@ -180,7 +195,11 @@ async fn a_dynamic_thing_group_is_refused() {
         err.message(),
         &["thing group Dyn is a dynamic thing group", "thingName:SN*"],
     );
-    assert_eq!(state(&aws).await, before, "a refused dynamic group changed the account");
+    assert_eq!(
+        state(&aws).await,
+        before,
+        "a refused dynamic group changed the account"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +251,11 @@ async fn an_interrupted_sync_resumes_on_rerun() {
     assert!(again.to_string().contains("resume an interrupted removal"));
     let done = apply_sync(&aws, &again).await.unwrap();
     assert_eq!(
-        (done.things_deleted, done.certificates_deleted, done.core_devices_deleted),
+        (
+            done.things_deleted,
+            done.certificates_deleted,
+            done.core_devices_deleted
+        ),
         (1, 1, 1)
     );
     let end = state(&aws).await;
@@ -240,7 +263,10 @@ async fn an_interrupted_sync_resumes_on_rerun() {
     assert!(!end.certificates.contains_key(&sn3_cert));
     assert!(!end.core_devices.contains_key("SN3"));
     assert_eq!(end.groups["Fleet"], ["SN1", "SN2", "SN4", "SN5"]);
-    assert!(plan_sync(&aws, &allowlist, &request()).await.unwrap().is_noop());
+    assert!(plan_sync(&aws, &allowlist, &request())
+        .await
+        .unwrap()
+        .is_noop());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,9 +295,16 @@ async fn a_device_listed_again_after_an_interrupted_removal_is_restored() {
     apply_sync(&aws, &plan).await.unwrap();
     let end = state(&aws).await;
     assert_eq!(end.things["SN5"].0, ["Fleet"]);
-    assert!(end.things["SN5"].2.is_empty(), "mark cleared: {:?}", end.things["SN5"].2);
+    assert!(
+        end.things["SN5"].2.is_empty(),
+        "mark cleared: {:?}",
+        end.things["SN5"].2
+    );
     assert_eq!(end.things["SN5"].1, mid.things["SN5"].1, "certificate kept");
-    assert!(plan_sync(&aws, &listed, &request()).await.unwrap().is_noop());
+    assert!(plan_sync(&aws, &listed, &request())
+        .await
+        .unwrap()
+        .is_noop());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +324,12 @@ async fn devices_ls_shows_serial_certificate_and_core_device_state() {
         .send()
         .await
         .unwrap();
-    aws.iot.create_thing().thing_name("odd").send().await.unwrap();
+    aws.iot
+        .create_thing()
+        .thing_name("odd")
+        .send()
+        .await
+        .unwrap();
     aws.iot
         .add_thing_to_thing_group()
         .thing_group_name("Fleet")
@@ -309,7 +347,10 @@ async fn devices_ls_shows_serial_certificate_and_core_device_state() {
     assert_eq!(rows[0].certificates[0].status.as_deref(), Some("ACTIVE"));
     assert_eq!(rows[0].core_device_status.as_deref(), Some("HEALTHY"));
     let seen = rows[0].last_status_update.as_deref().unwrap();
-    assert!(seen.len() >= 20 && seen.ends_with('Z') && seen.contains('T'), "{seen}");
+    assert!(
+        seen.len() >= 20 && seen.ends_with('Z') && seen.contains('T'),
+        "{seen}"
+    );
     assert_eq!(rows[1].certificates[0].status.as_deref(), Some("INACTIVE"));
     assert_eq!(rows[1].core_device_status, None);
     assert_eq!(rows[1].last_status_update, None);
@@ -320,7 +361,9 @@ async fn devices_ls_shows_serial_certificate_and_core_device_state() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
     assert!(lines[0].starts_with("THING") && lines[0].contains("LAST STATUS UPDATE"));
-    assert!(lines[1].contains("SN1") && lines[1].contains("ACTIVE") && lines[1].contains("HEALTHY"));
+    assert!(
+        lines[1].contains("SN1") && lines[1].contains("ACTIVE") && lines[1].contains("HEALTHY")
+    );
     assert!(lines[2].contains("INACTIVE") && lines[2].contains("none"));
     assert!(lines[3].starts_with("odd"));
 
@@ -332,5 +375,8 @@ async fn devices_ls_shows_serial_certificate_and_core_device_state() {
     assert_eq!(json[1]["core_device_status"], serde_json::Value::Null);
 
     let err = list_devices(&aws, "Nope", "").await.unwrap_err();
-    common::assert_one_line(err.message(), &["DescribeThingGroup Nope", "ResourceNotFound"]);
+    common::assert_one_line(
+        err.message(),
+        &["DescribeThingGroup Nope", "ResourceNotFound"],
+    );
 }

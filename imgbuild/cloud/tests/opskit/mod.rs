@@ -66,7 +66,14 @@ pub async fn state(aws: &Aws) -> State {
         things.insert(name, (groups, principals, attributes));
     }
     let mut groups = BTreeMap::new();
-    for g in aws.iot.list_thing_groups().send().await.unwrap().thing_groups() {
+    for g in aws
+        .iot
+        .list_thing_groups()
+        .send()
+        .await
+        .unwrap()
+        .thing_groups()
+    {
         let name = g.group_name().unwrap().to_owned();
         let out = aws
             .iot
@@ -157,8 +164,19 @@ pub async fn device_policy(aws: &Aws) {
 /// A provisioned device as fleet provisioning leaves it: a thing in `group` with an active
 /// certificate carrying the device policy, and (if `core`) a Greengrass core device.
 /// Returns the certificate ARN.
-pub async fn device(moto: &Moto, aws: &Aws, thing: &str, group: Option<&str>, core: bool) -> String {
-    aws.iot.create_thing().thing_name(thing).send().await.unwrap();
+pub async fn device(
+    moto: &Moto,
+    aws: &Aws,
+    thing: &str,
+    group: Option<&str>,
+    core: bool,
+) -> String {
+    aws.iot
+        .create_thing()
+        .thing_name(thing)
+        .send()
+        .await
+        .unwrap();
     if let Some(group) = group {
         aws.iot
             .add_thing_to_thing_group()
