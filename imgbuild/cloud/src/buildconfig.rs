@@ -97,7 +97,15 @@ pub fn write_merged(
     claim_dir: &Path,
     out: &Path,
 ) -> Result<Vec<Replaced>> {
-    if out == config || out == params_file {
+    // The same file under another spelling (`./imgbuild.toml`, a symlink) counts as the input.
+    let same = |input: &Path| {
+        out == input
+            || matches!(
+                (std::fs::canonicalize(out), std::fs::canonicalize(input)),
+                (Ok(a), Ok(b)) if a == b
+            )
+    };
+    if same(config) || same(params_file) {
         bail!(
             "{}: the merged configuration must go to a new file, not over its input",
             out.display()
@@ -125,7 +133,14 @@ pub fn write_merged(
         &path("claim.cert.pem"),
         &path("claim.private.key"),
     )?;
-    std::fs::write(out, merged).context(|| format!("{}: cannot write", out.display()))?;
+    // Written next to `out` and renamed over it, so a failure never leaves half a file.
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = out.with_file_name(format!(".{}.partial", name.as_deref().unwrap_or("config")));
+    let written = std::fs::write(&tmp, merged).and_then(|()| std::fs::rename(&tmp, out));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.context(|| format!("{}: cannot write", out.display()))?;
     Ok(replaced)
 }
 
