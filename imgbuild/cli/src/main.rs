@@ -175,7 +175,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("imgbuild: error: {e}");
             ExitCode::FAILURE
@@ -199,7 +199,7 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     let boards_dir = cli.global.boards_dir.as_deref();
     match cli.command {
         Some(Command::Build(args)) => build(&args, boards_dir),
@@ -223,7 +223,22 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "cloud")]
         Some(Command::Upload(args)) => args.run().map_err(|e| Error::msg(e.to_string())),
         #[cfg(feature = "cloud")]
-        Some(Command::Cloud(cmd)) => cmd.run().map_err(|e| Error::msg(e.to_string())),
+        Some(Command::Cloud(cmd)) => return cloud_status(cmd),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `imgbuild cloud …`; an error that calls for a status other than 1 (`deploy --wait`:
+/// 3 a device failed, 4 one timed out) is printed here and becomes the exit status.
+#[cfg(feature = "cloud")]
+fn cloud_status(cmd: imgbuild_cloud::CloudCommand) -> Result<ExitCode> {
+    match cmd.run() {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.exit_code() == 1 => Err(Error::msg(e.to_string())),
+        Err(e) => {
+            eprintln!("imgbuild: error: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
     }
 }
 

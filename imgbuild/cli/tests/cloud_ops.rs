@@ -322,4 +322,26 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
         ],
     );
     assert_eq!(o.status.code(), Some(1));
+    // Also under another spelling of the same path; the input is left as it was.
+    let before = std::fs::read(dir.path().join("imgbuild.toml")).unwrap();
+    let o = imgbuild(
+        &moto,
+        dir.path(),
+        &[
+            "cloud",
+            "provisioning",
+            "config",
+            "--claim-dir",
+            "s",
+            "--out",
+            "./imgbuild.toml",
+        ],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("must go to a new file"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("imgbuild.toml")).unwrap(),
+        before
+    );
 }

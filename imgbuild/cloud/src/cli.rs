@@ -263,21 +263,13 @@ pub struct DeployArgs {
 impl CloudCommand {
     /// Runs the command against the account of the standard AWS credential chain.
     ///
-    /// An error that calls for an exit status other than 1 (`deploy --wait`: 3 a device
-    /// failed, 4 one timed out) is printed as `imgbuild: error: …` and the process exits with
-    /// that status here, since callers map every `Err` to 1.
+    /// Some errors call for an exit status other than 1 (`deploy --wait`: 3 a device failed,
+    /// 4 one timed out); the caller prints the error and exits with [`CloudError::exit_code`].
     pub fn run(self) -> Result<()> {
-        let result = block_on(async {
+        block_on(async {
             let aws = Aws::from_env().await?;
             self.run_with(&aws).await
-        });
-        if let Err(e) = &result {
-            if e.exit_code() != 1 {
-                eprintln!("imgbuild: error: {e}");
-                std::process::exit(e.exit_code().into());
-            }
-        }
-        result
+        })
     }
 
     /// Runs the command with prepared clients.
