@@ -15,16 +15,18 @@ const HASH_BUFFER: usize = 1 << 20;
 
 /// Returns the lowercase hex sha256 of the file at `path`.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut file = File::open(path).map_err(|e| FetchError::io("open", path, e))?;
-    let mut hasher = Sha256::new();
-    hash_reader(&mut file, |b| hasher.update(b)).map_err(|e| FetchError::io("read", path, e))?;
-    Ok(hex::encode(hasher.finalize()))
+    digest_file::<Sha256>(path)
 }
 
 /// Returns the lowercase hex sha512 of the file at `path`.
 pub fn sha512_file(path: &Path) -> Result<String, FetchError> {
+    digest_file::<Sha512>(path)
+}
+
+/// Returns the lowercase hex digest `D` of the file at `path`.
+fn digest_file<D: Digest>(path: &Path) -> Result<String, FetchError> {
     let mut file = File::open(path).map_err(|e| FetchError::io("open", path, e))?;
-    let mut hasher = Sha512::new();
+    let mut hasher = D::new();
     hash_reader(&mut file, |b| hasher.update(b)).map_err(|e| FetchError::io("read", path, e))?;
     Ok(hex::encode(hasher.finalize()))
 }
