@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
+use aws_sdk_iot::types::{AttributePayload, CertificateDescription, CertificateStatus};
 use serde::Serialize;
 
 use crate::allowlist::Allowlist;
@@ -456,8 +456,8 @@ async fn plan_removal(
     })
 }
 
-/// The ARN of a certificate, or None when it no longer exists.
-async fn certificate_arn(aws: &Aws, id: &str) -> Result<Option<String>> {
+/// The IoT description of certificate `id`, or None when it no longer exists.
+async fn certificate_description(aws: &Aws, id: &str) -> Result<Option<CertificateDescription>> {
     match aws
         .iot
         .describe_certificate()
@@ -465,25 +465,24 @@ async fn certificate_arn(aws: &Aws, id: &str) -> Result<Option<String>> {
         .send()
         .await
     {
-        Ok(out) => Ok(out.certificate_description.and_then(|d| d.certificate_arn)),
+        Ok(out) => Ok(out.certificate_description),
         Err(e) if error_code(&e) == Some(NOT_FOUND) => Ok(None),
         Err(e) => Err(e).aws_context(|| format!("IoT DescribeCertificate {id}")),
     }
 }
 
+/// The ARN of a certificate, or None when it no longer exists.
+async fn certificate_arn(aws: &Aws, id: &str) -> Result<Option<String>> {
+    Ok(certificate_description(aws, id)
+        .await?
+        .and_then(|d| d.certificate_arn))
+}
+
+/// The status of the certificate with ARN `arn`, or None when it no longer exists.
 async fn certificate_status(aws: &Aws, arn: &str) -> Result<Option<CertificateStatus>> {
-    let id = certificate_id(arn)?;
-    match aws
-        .iot
-        .describe_certificate()
-        .certificate_id(id)
-        .send()
-        .await
-    {
-        Ok(out) => Ok(out.certificate_description.and_then(|d| d.status)),
-        Err(e) if error_code(&e) == Some(NOT_FOUND) => Ok(None),
-        Err(e) => Err(e).aws_context(|| format!("IoT DescribeCertificate {id}")),
-    }
+    Ok(certificate_description(aws, certificate_id(arn)?)
+        .await?
+        .and_then(|d| d.status))
 }
 
 async fn thing_principals(aws: &Aws, thing: &str) -> Result<Vec<String>> {
