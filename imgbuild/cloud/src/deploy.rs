@@ -108,16 +108,7 @@ pub async fn deploy(
     components: &BTreeMap<String, ComponentSpec>,
     name: Option<&str>,
 ) -> Result<Deployment> {
-    let group = aws
-        .iot
-        .describe_thing_group()
-        .thing_group_name(thing_group)
-        .send()
-        .await
-        .aws_context(|| format!("IoT DescribeThingGroup {thing_group}"))?;
-    let Some(target_arn) = group.thing_group_arn else {
-        bail!("IoT DescribeThingGroup {thing_group}: no ARN returned");
-    };
+    let target_arn = group_arn(aws, thing_group).await?;
     let mut request = aws
         .greengrass
         .create_deployment()
@@ -300,6 +291,7 @@ impl PartialOrd for SemVer {
     }
 }
 
+/// The ARN of thing group `thing_group` (DescribeThingGroup).
 async fn group_arn(aws: &Aws, thing_group: &str) -> Result<String> {
     let group = aws
         .iot
