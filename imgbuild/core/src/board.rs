@@ -203,7 +203,7 @@ impl Board {
             );
         }
         let sha = &self.base.sha512;
-        if !sha.is_empty() && !(sha.len() == 128 && is_lower_hex(sha)) {
+        if !sha.is_empty() && !is_sha512_hex(sha) {
             crate::bail!(
                 "board file {origin}: base.sha512 must be 128 lower-case hex digits, got {sha:?}"
             );
@@ -224,6 +224,11 @@ impl Board {
 /// True when `s` is 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && is_lower_hex(s)
+}
+
+/// True when `s` is a sha512 digest written as 128 lower-case hex digits.
+pub fn is_sha512_hex(s: &str) -> bool {
+    s.len() == 128 && is_lower_hex(s)
 }
 
 fn is_lower_hex(s: &str) -> bool {

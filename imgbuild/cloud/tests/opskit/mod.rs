@@ -11,11 +11,14 @@ use crate::common::Moto;
 /// The device policy of the seeded fleet.
 pub const DEVICE_POLICY: &str = "DevicePolicy";
 
+/// A thing's (groups, principals, attributes).
+pub type ThingState = (Vec<String>, Vec<String>, BTreeMap<String, String>);
+
 /// Everything a sync or deploy could touch, as one comparable value.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct State {
     /// thing -> (groups, principals, attributes)
-    pub things: BTreeMap<String, (Vec<String>, Vec<String>, BTreeMap<String, String>)>,
+    pub things: BTreeMap<String, ThingState>,
     /// thing group -> members
     pub groups: BTreeMap<String, Vec<String>>,
     /// certificate ARN -> (status, attached policies)
