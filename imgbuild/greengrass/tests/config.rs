@@ -383,8 +383,14 @@ fn arn_partition_follows_the_region() {
         ("us-gov-west-1", "aws-us-gov"),
         ("us-gov-east-1", "aws-us-gov"),
     ] {
-        assert_eq!(region_partition(region).expect(region), partition, "{region}");
+        assert_eq!(
+            region_partition(region).expect(region),
+            partition,
+            "{region}"
+        );
     }
-    let err = region_partition("mars-north-1").expect_err("not a region").to_string();
+    let err = region_partition("mars-north-1")
+        .expect_err("not a region")
+        .to_string();
     assert!(err.contains("mars-north-1") && !err.contains('\n'), "{err}");
 }

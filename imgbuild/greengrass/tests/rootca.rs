@@ -85,7 +85,10 @@ fn root_ca_bundle_of_cas_is_installed_as_given() {
         String::from_utf8(amazon_root_ca1().to_vec()).unwrap(),
     ]
     .concat();
-    assert_eq!(with_root_ca(bundle.as_bytes()).expect("valid bundle"), bundle.as_bytes());
+    assert_eq!(
+        with_root_ca(bundle.as_bytes()).expect("valid bundle"),
+        bundle.as_bytes()
+    );
     // openssl agrees that the bundle holds two certificates.
     let scratch = common::Scratch::new();
     let path = scratch.write("b.pem", bundle.as_bytes());
@@ -101,12 +104,22 @@ fn root_ca_file_problems_are_one_line_errors_naming_the_file() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not a certificate at all\n".to_vec(), "not a PEM file"),
         (b"".to_vec(), "empty"),
-        (b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec(), "garbled PEM"),
         (
-            [common::ca_pem("CA", true, 2030).into_bytes(), key_pem.clone()].concat(),
+            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec(),
+            "garbled PEM",
+        ),
+        (
+            [
+                common::ca_pem("CA", true, 2030).into_bytes(),
+                key_pem.clone(),
+            ]
+            .concat(),
             "PEM block 2 is a PRIVATE KEY, not a CERTIFICATE",
         ),
-        (common::ca_pem("device.example", false, 2030).into_bytes(), "is not a CA certificate"),
+        (
+            common::ca_pem("device.example", false, 2030).into_bytes(),
+            "is not a CA certificate",
+        ),
         (common::ca_pem("Old CA", true, 2025).into_bytes(), "expired"),
         (
             b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
@@ -115,7 +128,10 @@ fn root_ca_file_problems_are_one_line_errors_naming_the_file() {
     ];
     for (contents, want) in cases {
         let err = with_root_ca(&contents).expect_err(want);
-        assert!(err.contains("[greengrass] root_ca") && err.contains("ca.pem"), "{err}");
+        assert!(
+            err.contains("[greengrass] root_ca") && err.contains("ca.pem"),
+            "{err}"
+        );
         assert!(err.contains(want), "want {want:?}: {err}");
         assert!(!err.contains('\n'), "{err}");
         common::assert_no_secret(&err, &common::secret_lines(&key_pem));
