@@ -25,7 +25,7 @@ source "$HERE/iot.sh"
 SERIAL_VIRT=TESTSERIAL123
 # first boot's bounded wait for proof of provisioning ([greengrass.firstboot_env]); the copies that
 # must fail (rejected registration, old order) get PROVISION_TIMEOUT_SHORT
-PROVISION_TIMEOUT=240
+PROVISION_TIMEOUT=180
 PROVISION_TIMEOUT_SHORT=90
 SERIAL_DT=10000000abcdef01
 NUCLEUS_VERSION=2.16.0
@@ -500,17 +500,15 @@ set_env() {
     img_replace "$1" /etc/imgbuild/firstboot.env "$tmp" 600
 }
 
-# old_order DISK: imgbuild's first-boot scripts from before issue 11 (the claim deleted as soon as
-# greengrass.service is active) written over the image's, from git history.
-OLD_ORDER_COMMIT=1fc34bb
+# old_order DISK: the order before issue 11 - the claim deleted as soon as greengrass.service is
+# active - made by taking the step that waits for proof of provisioning out of the image's
+# first-boot script (debugfs); every other step is the current code.
 old_order() {
-    local f dir=$W/old-order
-    mkdir -p "$dir/lib"
-    for f in imgbuild-firstboot lib/common.sh lib/steps.sh; do
-        git -C "$REPO" show "$OLD_ORDER_COMMIT:firstboot/$f" >"$dir/$f" || return 1
-        img_replace "$1" "/usr/local/lib/imgbuild/firstboot/$f" "$dir/$f" 755 || return 1
-    done
-    fs_clean "$1"
+    local f=/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot
+    img_cat "$1" "$f" >"$W/firstboot-new"
+    grep -qx '    run_step provision' "$W/firstboot-new" || return 1
+    grep -vx '    run_step provision' "$W/firstboot-new" >"$W/firstboot-old"
+    img_replace "$1" "$f" "$W/firstboot-old" 755 && fs_clean "$1"
 }
 
 # responder_count PATTERN: lines of the responder's log matching PATTERN.
@@ -518,13 +516,13 @@ responder_count() {
     grep -c "$1" "$W/iot/responder.log" 2>/dev/null || true
 }
 
-# responder_restart [SERIAL-TO-REJECT...]
+# responder_restart: the responder again, now accepting every registration.
 responder_restart() {
     if [[ -n $RESPONDER_PID ]]; then
         kill "$RESPONDER_PID" 2>/dev/null || true
         wait "$RESPONDER_PID" 2>/dev/null || true
     fi
-    iot_responder_start "$@"
+    iot_responder_start
 }
 
 # ---------------------------------------------------------------- main
@@ -544,6 +542,9 @@ main() {
         grep -qE "^${IOT_GUEST_ADDR}[[:space:]]+${IOT_ENDPOINT}\$" < <(img_cat "$W/built.img" /etc/hosts)
     local disk=$W/virt.img log
 
+    # One device (disk) through four boots: (b) broker down, (c) registration rejected, (a) provisioned,
+    # then a boot where nothing runs.
+
     # (b) virt, boot 1: the broker is down; first boot must keep the claim and fail, bounded
     cp --sparse=always "$W/built.img" "$disk"
     BROKER_PORT=$(free_port)
@@ -558,56 +559,57 @@ main() {
     check_not "virt-broker-down: no thing in moto" iot_thing_exists "$SERIAL_VIRT"
     check_not "virt-broker-down: no device certificate" img_exists "$disk" /greengrass/v2/thingCert.crt
     journal_of "$disk"
-    check "virt-broker-down: the failure is in the journal at priority err" test -n "$(jctl -t imgbuild-firstboot -p err -o cat)"
-    cp --sparse=always "$disk" "$W/unprovisioned.img"
+    check "virt-broker-down: the timeout is in the journal at priority err" \
+        grep -q 'GG_PROVISION_TIMEOUT' < <(jctl -t imgbuild-firstboot -p err -o cat)
 
-    # (a) virt, boot 2: broker and responder up; the next boot provisions
+    # (c) virt, boot 2: broker up, the template (a pre-provisioning hook) rejects this serial
+    check "virt-rejected: short GG_PROVISION_TIMEOUT written into the image" set_env "$disk" GG_PROVISION_TIMEOUT "$PROVISION_TIMEOUT_SHORT"
     iot_broker_start
-    iot_responder_start
+    iot_responder_start "$SERIAL_VIRT"
+    log=$W/console-virt-rejected.log
+    boot_virt virt-rejected "$disk" "imgbuild.serial=$SERIAL_VIRT" || fail "virt-rejected: guest powered off within ${BOOT_TIMEOUT}s"
+    check "virt-rejected: first boot reported failed" grep -qa 'FIELD-DONE firstboot=failed' "$log"
+    check "virt-rejected: the responder rejected RegisterThing" grep -q "rejected: 403 AccessDenied" "$W/iot/responder.log"
+    check "virt-rejected: the nucleus logged the rejection" grep -q "Pre-provisioning hook denied provisioning" < <(nucleus_log "$disk")
+    claim_kept "$disk" virt-rejected
+    check_not "virt-rejected: no thing in moto" iot_thing_exists "$SERIAL_VIRT"
+    journal_of "$disk"
+    check "virt-rejected: the rejection message in the journal (priority err)" \
+        grep -q "Pre-provisioning hook denied provisioning of serial number $SERIAL_VIRT" < <(jctl -t imgbuild-firstboot -p err -o cat)
+    check "virt-rejected: e2fsck -fn clean" fs_clean "$disk"
+
+    # (a) virt, boot 3: the registration is accepted; this boot provisions
+    check "virt-provision: GG_PROVISION_TIMEOUT back to ${PROVISION_TIMEOUT}s" set_env "$disk" GG_PROVISION_TIMEOUT "$PROVISION_TIMEOUT"
+    responder_restart
     log=$W/console-virt-provision.log
     boot_virt virt-provision "$disk" "imgbuild.serial=$SERIAL_VIRT" || fail "virt-provision: guest powered off within ${BOOT_TIMEOUT}s"
     check_eq "virt-provision: imgbuild-firstboot started once" "$(console_count "$log" 'Starting .*imgbuild-firstboo')" 1
     check "virt-provision: packages step skipped" grep -qa 'imgbuild-firstboot\[packages\]: already done, skipping' "$log"
     assert_provisioned "$log" "$disk" "$SERIAL_VIRT" virt-provision
-    check_eq "virt-provision: one certificate issued" "$(responder_count 'CreateKeysAndCertificate: issued')" 1
+    check_eq "virt-provision: one thing registered" "$(responder_count 'RegisterThing: thing')" 1
     check "virt-provision: e2fsck -fn clean" fs_clean "$disk"
 
-    # virt, boot 3: nothing happens any more; the nucleus does not provision again
+    # virt, boot 4: nothing happens any more; the nucleus does not provision again
+    local issued
+    issued=$(responder_count 'CreateKeysAndCertificate: issued')
     log=$W/console-virt-again.log
     boot_virt virt-again "$disk" "imgbuild.serial=$SERIAL_VIRT" || fail "virt-again: guest powered off within ${BOOT_TIMEOUT}s"
     check "virt-again: guest reported" grep -qa 'FIELD-DONE' "$log"
     check_eq "virt-again: imgbuild-firstboot not started" "$(console_count "$log" 'imgbuild-firstboo|imgbuild first boot:')" 0
     check "virt-again: greengrass.service active" grep -qa 'FIELD-DONE .*greengrass=active' "$log"
     check "virt-again: the nucleus started provisioned" grep -qa 'FIELD-NUCLEUS already-provisioned' "$log"
-    check_eq "virt-again: still one certificate issued" "$(responder_count 'CreateKeysAndCertificate: issued')" 1
+    check_eq "virt-again: no further certificate issued" "$(responder_count 'CreateKeysAndCertificate: issued')" "$issued"
     journal_of "$disk"
-    check_eq "virt-again: 3 boots in the journal" "$(jctl --list-boots | wc -l)" 3
+    check_eq "virt-again: 4 boots in the journal" "$(jctl --list-boots | wc -l)" 4
     check_eq "virt-again: no first-boot lines in the last boot's journal" "$(jctl -b 0 -t imgbuild-firstboot -o cat | wc -l)" 0
     check "virt-again: e2fsck -fn clean" fs_clean "$disk"
-    rm -f "$disk"
-
-    # (c) the template rejects the registration: a copy of the unprovisioned device after boot 1
-    disk=$W/virt-rejected.img
-    mv "$W/unprovisioned.img" "$disk"
-    check "virt-rejected: short GG_PROVISION_TIMEOUT written into the copy" set_env "$disk" GG_PROVISION_TIMEOUT "$PROVISION_TIMEOUT_SHORT"
-    responder_restart "$SERIAL_VIRT-REJECTED"
-    log=$W/console-virt-rejected.log
-    boot_virt virt-rejected "$disk" "imgbuild.serial=$SERIAL_VIRT-REJECTED" || fail "virt-rejected: guest powered off within ${BOOT_TIMEOUT}s"
-    check "virt-rejected: first boot reported failed" grep -qa 'FIELD-DONE firstboot=failed' "$log"
-    check "virt-rejected: the responder rejected RegisterThing" grep -q "rejected: 403 AccessDenied" "$W/iot/responder.log"
-    check "virt-rejected: the nucleus logged the rejection" grep -q "Pre-provisioning hook denied provisioning" < <(nucleus_log "$disk")
-    claim_kept "$disk" virt-rejected
-    journal_of "$disk"
-    check "virt-rejected: the rejection message in the journal" grep -q "Pre-provisioning hook denied provisioning" < <(jctl -t imgbuild-firstboot -o cat)
-    check "virt-rejected: e2fsck -fn clean" fs_clean "$disk"
     rm -f "$disk"
 
     # (d) the old order (claim deleted as soon as greengrass.service is active) on a fresh copy:
     # first boot "succeeds", the nucleus then finds no claim, the device is lost; the checks catch it
     disk=$W/virt-old-order.img
     cp --sparse=always "$W/built.img" "$disk"
-    check "virt-old-order: pre-issue-11 first-boot scripts written into the copy" old_order "$disk"
-    responder_restart
+    check "virt-old-order: provision step taken out of the copy's first-boot script" old_order "$disk"
     log=$W/console-virt-old-order.log
     boot_virt virt-old-order "$disk" "imgbuild.serial=OLDORDER1" || fail "virt-old-order: guest powered off within ${BOOT_TIMEOUT}s"
     check "virt-old-order: first boot reported success" grep -qa 'FIELD-DONE firstboot=succeeded' "$log"

@@ -42,7 +42,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import uuid
 from datetime import datetime, timezone
 
@@ -174,7 +173,11 @@ class Config:
 # ---------------------------------------------------------------- the plugin
 
 class Retryable(Exception):
-    pass
+    """RetryableProvisioningException."""
+
+
+class CrtFailure(Exception):
+    """CrtRuntimeException (rethrown by the plugin as it is)."""
 
 
 def wait(future, message):
@@ -214,7 +217,7 @@ def run_plugin(p):
     except Exception as e:  # CrtRuntimeException while building the TLS context (files missing, ...)
         log("ERROR", "pool-2-thread-1", lg, "Exception encountered while getting device identity information",
             f"software.amazon.awssdk.crt.CrtRuntimeException: {e}")
-        raise
+        raise CrtFailure(str(e)) from e
     while True:
         try:
             wait(connection.connect(), "Caught exception while establishing connection to AWS Iot")
@@ -288,11 +291,11 @@ def provision(config):
             log("WARN", "pool-2-thread-1", "com.aws.greengrass.util.RetryUtils",
                 f"task failed and will be retried. task-description=Running provisioning plugin, task-attempt={attempt}")
             time.sleep(attempt * 10)
-        except Exception as e:
+        except Exception as e:  # pylint: disable=broad-except - the nucleus catches Exception here too
+            cause = ("software.amazon.awssdk.crt.CrtRuntimeException" if isinstance(e, CrtFailure)
+                     else "com.aws.greengrass.DeviceProvisioningRuntimeException: java.lang.RuntimeException")
             log("ERROR", "pool-2-thread-1", lg, "Caught exception while running provisioning plugin. Moving on to "
-                "run Greengrass without provisioning",
-                f"com.aws.greengrass.DeviceProvisioningRuntimeException: java.lang.RuntimeException: {e}\n"
-                + "".join("\tat " + l.strip() + "\n" for l in traceback.format_tb(e.__traceback__)[-2:]).rstrip())
+                "run Greengrass without provisioning", f"{cause}: {e}")
             return
     for name, value in (("certificateFilePath", cert), ("privateKeyPath", key), ("thingName", thing),
                         ("rootCaPath", p["rootCaPath"])):
