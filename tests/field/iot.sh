@@ -100,6 +100,7 @@ iot_broker_stop() {
 # iot_moto_start: the moto server (with the cloud tests' shim) on an ephemeral port; the thing group.
 iot_moto_start() {
     local d=$W/iot line _
+    mkdir -p "$d"
     MOTO_VENV=${MOTO_VENV:-$REPO/target-cloud-venv} "$REPO/tests/cloud/moto.sh" setup >/dev/null 2>"$d/moto-setup.log" || {
         cat "$d/moto-setup.log"
         return 1
