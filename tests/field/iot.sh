@@ -64,7 +64,8 @@ allow_anonymous true
 persistence false
 # run as the invoking user (as root mosquitto would switch to user "mosquitto", which cannot read the keys)
 user $(id -un)
-log_dest stdout
+# a file, not stdout: mosquitto does not flush stdout per line, and the test reads the log while it runs
+log_dest file $d/mosquitto.log
 log_type error
 log_type warning
 log_type notice
@@ -78,7 +79,7 @@ require_certificate true
 use_identity_as_username true
 tls_version tlsv1.2
 EOF
-    /usr/sbin/mosquitto -c "$d/mosquitto.conf" >>"$d/mosquitto.log" 2>&1 &
+    /usr/sbin/mosquitto -c "$d/mosquitto.conf" >>"$d/mosquitto.stdout" 2>&1 &
     MOSQUITTO_PID=$!
     local _
     for _ in $(seq 50); do

@@ -297,10 +297,16 @@ boot_files() {
 }
 
 # boot_virt NAME DISK EXTRA-CMDLINE: -M virt with the image's kernel and cmdline.txt (+ PL011 console).
+# Network: QEMU user mode with restrict=on (the guest reaches no host address and nothing outside);
+# the only way out is the guestfwd: a TCP connection to IOT_GUEST_ADDR:8883 runs socat to the broker
+# on 127.0.0.1:BROKER_PORT (when the broker is down socat fails and the guest sees the connection close).
+# romfile= : no PXE option ROM (the kernel is given directly; Debian ships it in ipxe-qemu, not needed).
 boot_virt() {
     boot "$1" "$W/console-$1.log" "$BOOT_TIMEOUT" \
         qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2048 -accel tcg,thread=multi \
-        -nodefaults -display none -monitor none -nic none -no-reboot \
+        -nodefaults -display none -monitor none -no-reboot \
+        -netdev "user,id=net0,restrict=on,guestfwd=tcp:$IOT_GUEST_ADDR:8883-cmd:socat - TCP:127.0.0.1:$BROKER_PORT" \
+        -device virtio-net-pci,netdev=net0,romfile= \
         -serial "file:$W/console-$1.log" \
         -kernel "$KERNEL" -initrd "$INITRD" \
         -append "$CMDLINE console=ttyAMA0 $3" \
@@ -501,14 +507,20 @@ set_env() {
 }
 
 # old_order DISK: the order before issue 11 - the claim deleted as soon as greengrass.service is
-# active - made by taking the step that waits for proof of provisioning out of the image's
-# first-boot script (debugfs); every other step is the current code.
+# active - made in the image with debugfs by taking out the step that waits for proof of
+# provisioning (first-boot script) and the finish step's own guard that refuses to delete the claim
+# without that step's marker (lib/steps.sh); every other step is the current code.
 old_order() {
-    local f=/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot
-    img_cat "$1" "$f" >"$W/firstboot-new"
+    # shellcheck disable=SC2016 # the literal line of lib/steps.sh
+    local d=/usr/local/lib/imgbuild/firstboot guard='    [[ -e $STATE_DIR/provision.done ]] || die '
+    img_cat "$1" "$d/imgbuild-firstboot" >"$W/firstboot-new"
     grep -qx '    run_step provision' "$W/firstboot-new" || return 1
     grep -vx '    run_step provision' "$W/firstboot-new" >"$W/firstboot-old"
-    img_replace "$1" "$f" "$W/firstboot-old" 755 && fs_clean "$1"
+    img_cat "$1" "$d/lib/steps.sh" >"$W/steps-new"
+    [[ $(grep -cF "$guard" "$W/steps-new") == 1 ]] || return 1
+    grep -vF "$guard" "$W/steps-new" >"$W/steps-old"
+    img_replace "$1" "$d/imgbuild-firstboot" "$W/firstboot-old" 755 &&
+        img_replace "$1" "$d/lib/steps.sh" "$W/steps-old" 644 && fs_clean "$1"
 }
 
 # responder_count PATTERN: lines of the responder's log matching PATTERN.
@@ -609,7 +621,7 @@ main() {
     # first boot "succeeds", the nucleus then finds no claim, the device is lost; the checks catch it
     disk=$W/virt-old-order.img
     cp --sparse=always "$W/built.img" "$disk"
-    check "virt-old-order: provision step taken out of the copy's first-boot script" old_order "$disk"
+    check "virt-old-order: provision step and finish guard taken out of the copy's first-boot scripts" old_order "$disk"
     log=$W/console-virt-old-order.log
     boot_virt virt-old-order "$disk" "imgbuild.serial=OLDORDER1" || fail "virt-old-order: guest powered off within ${BOOT_TIMEOUT}s"
     check "virt-old-order: first boot reported success" grep -qa 'FIELD-DONE firstboot=succeeded' "$log"

@@ -18,7 +18,9 @@ modes. What it models, and where that was read:
 - ProvisioningConfigUpdateHelper.java: success merges system.{certificateFilePath, privateKeyPath,
   thingName, rootCaPath} and the nucleus's awsRegion/iotCredEndpoint/iotDataEndpoint/iotRoleAlias
   into the config; ConfigurationWriter/Tlogline.java append each change to config.tlog as
-  {"TS":ms,"TP":[path],"W":"changed","V":value}.
+  {"TS":ms,"TP":[path],"W":"changed","V":value} - one line per change, written by Jackson's
+  ObjectMapper with its defaults: compact JSON, no spaces (TLOG_SEPARATORS below; Python's own
+  default would put spaces after ',' and ':', a format the real nucleus never writes).
 - aws-greengrass/aws-greengrass-fleet-provisioning-by-claim, FleetProvisioningByClaimPlugin.java,
   IotIdentityHelper.java, FutureExceptionHandler.java, MqttConnectionHelper.java: mTLS MQTT to
   iotDataEndpoint:mqttPort with the claim certificate/key and rootCaPath (client id = deviceId or
@@ -117,6 +119,16 @@ def set_path(config, path, value):
     node[path[-1]] = value
 
 
+# Jackson's ObjectMapper default: compact JSON.
+TLOG_SEPARATORS = (",", ":")
+
+
+def tlog_line(path, value):
+    """One config.tlog line (Tlogline: TS, TP, W, V) as the nucleus's ConfigurationWriter writes it."""
+    return json.dumps({"TS": int(time.time() * 1000), "TP": path, "W": "changed", "V": value},
+                      separators=TLOG_SEPARATORS)
+
+
 class Config:
     def __init__(self):
         self.dir = os.path.join(ROOT, "config")
@@ -143,7 +155,7 @@ class Config:
                 if isinstance(v, dict):
                     walk(v, path + [k])
                 else:
-                    lines.append(json.dumps({"TS": int(time.time() * 1000), "TP": path + [k], "W": "changed", "V": v}))
+                    lines.append(tlog_line(path + [k], v))
         walk(self.data, [])
         with open(self.tlog + ".tmp", "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
@@ -152,7 +164,7 @@ class Config:
     def update(self, path, value):
         set_path(self.data, path, value)
         with open(self.tlog, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"TS": int(time.time() * 1000), "TP": path, "W": "changed", "V": value}) + "\n")
+            f.write(tlog_line(path, value) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
