@@ -96,17 +96,28 @@ load_settings() {
     APT_RETRIES=${APT_RETRIES:-3}
     RETRY_DELAY_SECONDS=${RETRY_DELAY_SECONDS:-15}
     GG_ACTIVE_TIMEOUT_SECONDS=${GG_ACTIVE_TIMEOUT_SECONDS:-300}
+    GG_PROVISION_TIMEOUT=${GG_PROVISION_TIMEOUT:-900}
+    GG_PROVISION_POLL_SECONDS=${GG_PROVISION_POLL_SECONDS:-10}
     BACKOFF_BASE_SECONDS=${BACKOFF_BASE_SECONDS:-30}
     BACKOFF_MAX_SECONDS=${BACKOFF_MAX_SECONDS:-900}
     local name
     for name in BUILD_EPOCH CLOCK_WAIT_SECONDS APT_RETRIES RETRY_DELAY_SECONDS GG_ACTIVE_TIMEOUT_SECONDS \
-        BACKOFF_BASE_SECONDS BACKOFF_MAX_SECONDS; do
+        GG_PROVISION_TIMEOUT BACKOFF_BASE_SECONDS BACKOFF_MAX_SECONDS; do
         require_setting "$name" '[0-9]+'
     done
+    require_setting GG_PROVISION_POLL_SECONDS '[1-9][0-9]*'
     require_setting GG_ROOT '/[A-Za-z0-9_./-]+'
+    ROOT_CA_PATH=${ROOT_CA_PATH:-$GG_ROOT/AmazonRootCA1.pem}
+    require_setting ROOT_CA_PATH '/[A-Za-z0-9_./-]+'
     CLAIM_CERT=$R$GG_ROOT/claim.pem.crt
     CLAIM_KEY=$R$GG_ROOT/claim.private.pem.key
-    ROOT_CA=$R$GG_ROOT/AmazonRootCA1.pem
+    ROOT_CA=$R$ROOT_CA_PATH
+    # What the nucleus writes (aws-greengrass-nucleus: Kernel.DEFAULT_CONFIG_YAML_FILE_WRITE,
+    # Kernel.DEFAULT_CONFIG_TLOG_FILE under NucleusPaths.configPath(); logs under logs/).
+    EFFECTIVE_CONFIG=$R$GG_ROOT/config/effectiveConfig.yaml
+    CONFIG_TLOG=$R$GG_ROOT/config/config.tlog
+    GG_LOG=$R$GG_ROOT/logs/greengrass.log
+    GG_LOG_OFFSET_FILE=$STATE_DIR/greengrass-log.offset
     NUCLEUS_ZIP=$WORK_DIR/greengrass-$NUCLEUS_VERSION.zip
     PLUGIN_JAR=$WORK_DIR/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar
     INSTALLER_DIR=$WORK_DIR/GreengrassInstaller

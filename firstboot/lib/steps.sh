@@ -303,10 +303,260 @@ step_service() {
     log "$GG_UNIT_NAME is active"
 }
 
+# ---------------------------------------------------------------- provision
+#
+# The installer only writes and starts greengrass.service; the FleetProvisioningByClaim plugin runs later,
+# inside the nucleus (aws-greengrass-nucleus KernelLifecycle.executeProvisioningPlugin: on an executor, after
+# launch, up to MAX_PROVISIONING_PLUGIN_RETRY_ATTEMPTS = 3 tries). Only when the plugin returns does the
+# nucleus merge its SystemConfiguration into the config (ProvisioningConfigUpdateHelper.
+# updateSystemConfiguration): system.thingName (the RegisterThing answer), system.certificateFilePath and
+# system.privateKeyPath (the plugin's certificatePath/privateKeyPath, default <rootPath>/thingCert.crt and
+# privKey.key, written by FleetProvisioningByClaimPlugin.writeCertificate/writeKey) and system.rootCaPath.
+# That change is appended at once to config/config.tlog (ConfigurationWriter, flushImmediately: one JSON
+# Tlogline a line, {"TS":…,"TP":["system","thingName"],"W":"changed","V":"…"}); config/effectiveConfig.yaml
+# (Kernel.writeEffectiveConfig, Jackson YAMLMapper) is written at launch — before the plugin finished — and
+# again at shutdown, so it holds the proof only after a restart. Both are read; the tlog's last value wins.
+
+# json_string_value TEXT: decode the JSON string body TEXT (no surrounding quotes); fails on escapes other
+# than \" \\ \/ (a path or thing name never needs them).
+json_string_value() {
+    local rest=$1 out='' re='^([^\\]*)\\(.)(.*)$'
+    while [[ $rest =~ $re ]]; do
+        out+=${BASH_REMATCH[1]}
+        case ${BASH_REMATCH[2]} in
+        '"' | "\\" | '/') out+=${BASH_REMATCH[2]} ;;
+        *) return 1 ;;
+        esac
+        rest=${BASH_REMATCH[3]}
+    done
+    printf '%s' "$out$rest"
+}
+
+# tlog_system_value KEY: the last value config.tlog records for system.KEY ("changed"; "removed" clears it).
+# Prints nothing when the tlog does not name the key; fails (status 2) when it names it with a value that
+# is not a plain string.
+tlog_system_value() {
+    local key=$1 line value='' found='' re_tp re_v
+    [[ -r $CONFIG_TLOG ]] || return 0
+    re_tp='"TP":\["system","'"$key"'"\]'
+    re_v='"V":"(([^"\\]|\\.)*)"'
+    while IFS= read -r line || [[ -n $line ]]; do
+        [[ $line =~ $re_tp ]] || continue
+        found=1
+        if [[ $line == *'"W":"removed"'* ]]; then
+            value=''
+        elif [[ $line == *'"W":"changed"'* ]]; then
+            if [[ $line =~ $re_v ]]; then
+                value=$(json_string_value "${BASH_REMATCH[1]}") || value=''
+            else
+                value=''
+            fi
+        fi
+    done <"$CONFIG_TLOG"
+    [[ -n $found ]] || return 0
+    printf '%s' "$value"
+}
+
+# yaml_scalar TEXT: decode one YAML scalar as Jackson's YAMLGenerator writes it: "double-quoted" (with
+# \" \\ \/ escapes), 'single-quoted' ('' for '), or plain (a trailing " #comment" dropped). null/~ → empty.
+# TEXT of a double-quoted scalar may span lines (folded by YAMLGenerator's SPLIT_LINES): they are joined
+# by the caller with a space, or with nothing after a line ending in an escaping backslash.
+yaml_scalar() {
+    local text=$1 re_dq='^"(([^"\\]|\\.)*)"[[:space:]]*(#.*)?$' re_sq="^'(([^']|'')*)'[[:space:]]*(#.*)?\$"
+    if [[ $text == '"'* ]]; then
+        [[ $text =~ $re_dq ]] || return 1
+        json_string_value "${BASH_REMATCH[1]}"
+    elif [[ $text == "'"* ]]; then
+        [[ $text =~ $re_sq ]] || return 1
+        text=${BASH_REMATCH[1]}
+        printf '%s' "${text//\'\'/\'}"
+    else
+        text=${text%%[[:space:]]#*}
+        text=${text%"${text##*[![:space:]]}"}
+        case $text in null | '~' | '') ;; *) printf '%s' "$text" ;; esac
+    fi
+}
+
+# dq_open TEXT: true when TEXT starts a double-quoted scalar that does not end on this line.
+dq_open() {
+    local re='^"(([^"\\]|\\.)*)"'
+    [[ $1 == '"'* && ! $1 =~ $re ]]
+}
+
+# yaml_system_value KEY: system.KEY of effectiveConfig.yaml: a top-level "system:" mapping, its children at
+# the indentation of its first child; nested mappings and other top-level keys are skipped.
+yaml_system_value() {
+    local key=$1 line stripped in_system='' indent='' text='' collecting='' re_key
+    [[ -r $EFFECTIVE_CONFIG ]] || return 0
+    while IFS= read -r line || [[ -n $line ]]; do
+        line=${line%$'\r'}
+        if [[ -n $collecting ]]; then
+            stripped=${line#"${line%%[![:space:]]*}"}
+            if [[ $text == *"\\" ]]; then text=${text%"\\"}$stripped; else text+=" $stripped"; fi
+            dq_open "$text" && continue
+            yaml_scalar "$text" || true
+            return 0
+        fi
+        [[ -n ${line//[[:space:]]/} && $line != '#'* && $line != '---'* ]] || continue
+        if [[ $line != [[:space:]]* ]]; then
+            in_system=''
+            indent=''
+            if [[ $line =~ ^system:[[:space:]]*$ ]]; then in_system=1; fi
+            continue
+        fi
+        [[ -n $in_system ]] || continue
+        if [[ -z $indent ]]; then indent=${line%%[![:space:]]*}; fi
+        [[ $line == "$indent"[![:space:]]* ]] || continue
+        re_key="^$indent$key:[[:space:]]*(.*)\$"
+        if [[ $line =~ $re_key ]]; then
+            text=${BASH_REMATCH[1]}
+            if dq_open "$text"; then
+                collecting=1
+                continue
+            fi
+            yaml_scalar "$text" || true
+            return 0
+        fi
+    done <"$EFFECTIVE_CONFIG"
+}
+
+# system_value KEY: system.KEY from config.tlog, else from effectiveConfig.yaml.
+system_value() {
+    local value
+    value=$(tlog_system_value "$1")
+    if [[ -z $value ]]; then value=$(yaml_system_value "$1"); fi
+    printf '%s' "$value"
+}
+
+# provisioning_proof: true when the nucleus recorded a thing name and a device certificate and key that
+# exist, are not empty, and are not the claim certificate and key. Sets PROOF (the thing name) or
+# PROOF_MISSING (why not).
+provisioning_proof() {
+    local thing cert key
+    thing=$(system_value thingName)
+    cert=$(system_value certificateFilePath)
+    key=$(system_value privateKeyPath)
+    PROOF=''
+    if [[ -z $thing ]]; then
+        PROOF_MISSING="no system.thingName in $GG_ROOT/config/config.tlog or effectiveConfig.yaml yet"
+        return 1
+    fi
+    if ! device_identity_file "certificateFilePath" "$cert" "$CLAIM_CERT" ||
+        ! device_identity_file "privateKeyPath" "$key" "$CLAIM_KEY"; then
+        return 1
+    fi
+    PROOF=$thing
+}
+
+# device_identity_file NAME PATH CLAIM: PATH (system.NAME) is absolute, exists, is not empty and is neither
+# the claim file CLAIM nor a copy of it. Sets PROOF_MISSING when not.
+device_identity_file() {
+    local name=$1 path=$2 claim=$3
+    if [[ $path != /* ]]; then
+        PROOF_MISSING="system.$name is ${path:-missing}, not an absolute path"
+        return 1
+    fi
+    if [[ ! -s $R$path ]]; then
+        PROOF_MISSING="system.$name names $path, which does not exist or is empty"
+        return 1
+    fi
+    if [[ $R$path == "$claim" || $R$path -ef $claim ]] || { [[ -s $claim ]] && cmp -s "$R$path" "$claim"; }; then
+        PROOF_MISSING="system.$name names the claim file $path, not a device identity: refusing it"
+        return 1
+    fi
+}
+
+# gg_log_size: the size of greengrass.log in bytes (0 when missing).
+gg_log_size() {
+    if [[ -f $GG_LOG ]]; then stat -c %s "$GG_LOG"; else echo 0; fi
+}
+
+# nucleus_error_lines: the nucleus's [ERROR] lines in greengrass.log written since the offset recorded in
+# $GG_LOG_OFFSET_FILE (when the log is smaller, it was rotated: from its start), each followed by up to 5
+# lines of its exception (the message and "Caused by:" lines, not the indented "at" frames); at most 40.
+# Line format (aws-greengrass-logging-java GreengrassLogMessage.getTextMessage):
+#   <timestamp> [ERROR] (<thread>) <logger>: <eventType>. <message>. {<contexts>}
+# followed by the cause's stack trace (printStackTrace) on the next lines.
+nucleus_error_lines() {
+    local offset=0 size line extra=0 count=0
+    [[ -f $GG_LOG ]] || return 0
+    if [[ -r $GG_LOG_OFFSET_FILE ]]; then offset=$(<"$GG_LOG_OFFSET_FILE"); fi
+    [[ $offset =~ ^[0-9]+$ ]] || offset=0
+    size=$(gg_log_size)
+    if ((size < offset)); then offset=0; fi
+    while IFS= read -r line || [[ -n $line ]]; do
+        if [[ $line == *' [ERROR] ('* ]]; then
+            extra=5
+        elif [[ $line == *' ['[A-Z]*'] ('* ]]; then
+            extra=0
+            continue
+        elif ((extra > 0)) && [[ -n ${line//[[:space:]]/} && $line != [[:space:]]* ]]; then
+            extra=$((extra - 1))
+        else
+            continue
+        fi
+        printf '%s\n' "$line"
+        count=$((count + 1))
+        ((count < 40)) || break
+    done < <(tail -c "+$((offset + 1))" "$GG_LOG")
+}
+
+# provisioning_failed_in_log LINES: true when LINES hold the plugin's own error or the nucleus giving up on
+# it: FleetProvisioningByClaimPlugin logs at ERROR ("Exception encountered while getting device identity
+# information", "Caught exception while reading the CSR file"); KernelLifecycle logs "Caught exception while
+# running provisioning plugin. Moving on to run Greengrass without provisioning" when every try failed.
+provisioning_failed_in_log() {
+    local line
+    while IFS= read -r line; do
+        case $line in
+        *' [ERROR] ('*') com.aws.greengrass.FleetProvisioningByClaimPlugin: '*) return 0 ;;
+        *' [ERROR] ('*') com.aws.greengrass.lifecyclemanager.KernelLifecycle: '*'provisioning plugin'*) return 0 ;;
+        esac
+    done <<<"$1"
+    return 1
+}
+
+# provision_failed REASON: journal the nucleus's error lines, restart greengrass.service (its next start
+# runs the plugin again: the nucleus is still not configured to talk to the cloud), remember where the log
+# ends so those lines are not read again, and fail the step (systemd retries with backoff; the next boot
+# retries too). The claim material is kept.
+provision_failed() {
+    local reason=$1 lines line
+    lines=$(nucleus_error_lines)
+    if [[ -n $lines ]]; then
+        while IFS= read -r line; do err "greengrass.log: $line"; done <<<"$lines"
+    fi
+    gg_log_size >"$GG_LOG_OFFSET_FILE"
+    systemctl restart "$GG_UNIT_NAME" || log "WARNING: 'systemctl restart $GG_UNIT_NAME' failed"
+    die "$reason; claim material kept, $GG_UNIT_NAME restarted; next try after the backoff or on the next boot"
+}
+
+step_provision() {
+    local waited=0 lines
+    log "waiting up to ${GG_PROVISION_TIMEOUT}s for the nucleus to provision this device (fleet provisioning by claim)"
+    while true; do
+        if provisioning_proof; then
+            log "provisioned as thing '$PROOF' (system.thingName; device certificate and key in place)"
+            return 0
+        fi
+        lines=$(nucleus_error_lines)
+        if provisioning_failed_in_log "$lines"; then
+            provision_failed "fleet provisioning failed (see the greengrass.log lines above)"
+        fi
+        if ((waited >= GG_PROVISION_TIMEOUT)); then
+            provision_failed "not provisioned after ${waited}s (GG_PROVISION_TIMEOUT): $PROOF_MISSING"
+        fi
+        sleep "$GG_PROVISION_POLL_SECONDS"
+        waited=$((waited + GG_PROVISION_POLL_SECONDS))
+    done
+}
+
 # ---------------------------------------------------------------- finish
 
 step_finish() {
-    rm -f "$CLAIM_KEY" "$CLAIM_CERT" "$INIT_CONFIG" "$CONFIG_TEMPLATE"
+    # Never without proof: the provision step must have succeeded (its marker), whatever ran before.
+    [[ -e $STATE_DIR/provision.done ]] || die "no proof of provisioning ($STATE_DIR/provision.done): claim material kept"
+    rm -f "$CLAIM_KEY" "$CLAIM_CERT" "$INIT_CONFIG" "$CONFIG_TEMPLATE" "$GG_LOG_OFFSET_FILE"
     rm -rf "$WORK_DIR" "$PRESEED_DIR"
     : >"$DONE_MARKER"
     log "provisioned: claim key, certificate and configs deleted; $DONE_MARKER written"

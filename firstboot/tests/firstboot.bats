@@ -98,7 +98,7 @@ setup() {
 
 @test "failure in service (greengrass.service never active): bounded wait, later run resumes at service" {
     set_setting GG_ACTIVE_TIMEOUT_SECONDS 10
-    run_firstboot STUB_FAIL='systemctl is-active'
+    run_firstboot STUB_FAIL='systemctl is-active' STUB_NUCLEUS=never
     assert_failed_at service
     [[ $(grep -cx 'systemctl is-active --quiet greengrass.service' "$STUB_LOG") -eq 3 ]]
     [[ $(grep -cx 'sleep 5' "$STUB_LOG") -eq 2 ]]
@@ -107,6 +107,86 @@ setup() {
     [[ $status -eq 0 ]]
     assert_calls "$(expected_calls_from service)"
     assert_provisioned
+}
+
+@test "provision: the installer's exit is not proof; first boot polls until the nucleus records the thing" {
+    run_firstboot
+    [[ $status -eq 0 ]]
+    [[ $output == *"waiting up to 900s for the nucleus to provision"* ]]
+    [[ $output == *"provisioned as thing 'device-thing'"* ]]
+    # Nothing was deleted before the proof appeared: the poll (sleep) comes before the deletion.
+    diff -u <(printf '%s\n' 'systemctl is-active --quiet greengrass.service' 'sleep 10' \
+        'systemctl disable imgbuild-firstboot.service') <(tail -n 3 "$STUB_LOG")
+    [[ -e $STATE/provision.done && ! -e $STATE/greengrass-log.offset ]]
+}
+
+@test "provision: proof found in effectiveConfig.yaml alone (written by the nucleus on restart)" {
+    run_firstboot STUB_NUCLEUS=yaml STUB_THING='thing-"quoted"-42'
+    [[ $status -eq 0 ]]
+    [[ $output == *"provisioned as thing 'thing-\"quoted\"-42'"* ]]
+    assert_provisioned
+}
+
+@test "provision: no proof within GG_PROVISION_TIMEOUT: claim kept, greengrass restarted, step fails" {
+    set_setting GG_PROVISION_TIMEOUT 30
+    run_firstboot STUB_NUCLEUS=never
+    assert_failed_at provision
+    [[ $(grep -cx 'sleep 10' "$STUB_LOG") -eq 3 ]]
+    [[ $output == *"not provisioned after 30s (GG_PROVISION_TIMEOUT): no system.thingName"* ]]
+    grep -qx 'systemctl restart greengrass.service' "$STUB_LOG"
+    [[ -e $STATE/install.done && -e $STATE/service.done && ! -e $STATE/provision.done ]]
+    # Only ERROR lines go to the journal; the plugin's INFO retries do not.
+    [[ $output != *"greengrass.log:"* ]]
+}
+
+@test "provision: the plugin's error lines fail the wait at once and go to the journal as errors" {
+    run_firstboot STUB_NUCLEUS=error JOURNAL_STREAM=8:1
+    assert_failed_at provision
+    [[ $(grep -cx 'sleep 10' "$STUB_LOG") -eq 1 ]]
+    grep -qx 'systemctl restart greengrass.service' "$STUB_LOG"
+    grep -q '^<3>imgbuild-firstboot\[provision\]: ERROR: greengrass.log: .* \[ERROR\] (pool-2-thread-1) com.aws.greengrass.FleetProvisioningByClaimPlugin: Exception encountered while getting device identity information' <<<"$output"
+    grep -q '^<3>imgbuild-firstboot\[provision\]: ERROR: greengrass.log: Caused by: RegisterThing rejected: InvalidRequestException: SerialNumber not on the allowlist$' <<<"$output"
+    grep -q '^<3>imgbuild-firstboot\[provision\]: ERROR: greengrass.log: .*KernelLifecycle: Caught exception while running provisioning plugin' <<<"$output"
+    # Stack frames stay out of the journal.
+    ! grep -q 'FutureExceptionHandler.java' <<<"$output" || false
+    [[ $output == *"fleet provisioning failed"* ]]
+    # The log offset is remembered: the same lines do not fail the next try.
+    [[ $(<"$STATE/greengrass-log.offset") -eq $(stat -c %s "$GG/logs/greengrass.log") ]]
+    run_firstboot STUB_NUCLEUS=provision
+    [[ $status -eq 0 ]]
+    assert_calls "$(expected_calls_from provision)"
+    assert_provisioned
+}
+
+@test "provision: system.* naming the claim certificate and key is refused (no deletion)" {
+    set_setting GG_PROVISION_TIMEOUT 10
+    run_firstboot STUB_NUCLEUS=claim
+    assert_failed_at provision
+    [[ $output == *"system.certificateFilePath names the claim file /greengrass/v2/claim.pem.crt"*"refusing it"* ]]
+}
+
+@test "provision: a copy of the claim certificate as device certificate is refused" {
+    set_setting GG_PROVISION_TIMEOUT 10
+    run_firstboot STUB_NUCLEUS=missing
+    assert_failed_at provision
+    [[ $output == *"system.certificateFilePath names /greengrass/v2/thingCert.crt, which does not exist or is empty"* ]]
+    cp "$GG/claim.pem.crt" "$GG/thingCert.crt"
+    echo key >"$GG/privKey.key"
+    run_firstboot STUB_NUCLEUS=missing
+    assert_failed_at provision
+    [[ $output == *"names the claim file /greengrass/v2/thingCert.crt"* ]]
+}
+
+@test "provision: a timeout in one boot, the next boot (service already set up) provisions" {
+    set_setting GG_PROVISION_TIMEOUT 20
+    run_firstboot STUB_NUCLEUS=never
+    assert_failed_at provision
+    rm -r "$R/run/imgbuild-firstboot"
+    run_firstboot STUB_NUCLEUS=provision
+    [[ $status -eq 0 ]]
+    assert_calls "$(expected_calls_from provision)"
+    assert_provisioned
+    ! grep -q '^java' "$STUB_LOG" || false
 }
 
 @test "a failing 'systemctl disable' is only a warning: the done marker keeps the unit from running" {

@@ -7,8 +7,8 @@
 FIRSTBOOT_SRC=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
 STUBBED_COMMANDS=(apt-get dpkg dpkg-query systemctl java curl useradd groupadd usermod getent visudo jarsigner
     unzip sleep)
-REAL_COMMANDS=(mkdir rm mv cp chmod sha256sum date)
-STEPS=(serial clock packages users download config install service finish)
+REAL_COMMANDS=(mkdir rm mv cp chmod sha256sum date tail stat cmp)
+STEPS=(serial clock packages users download config install service provision finish)
 DT_SERIAL=100000002d9d3bd5
 NUCLEUS_VERSION=2.16.0
 PLUGIN_VERSION=1.2.2
@@ -139,6 +139,10 @@ expected_step_calls() {
     service)
         printf '%s\n' 'systemctl is-active --quiet greengrass.service'
         ;;
+    provision)
+        # No proof yet right after the installer; the stub nucleus provisions while first boot polls.
+        printf '%s\n' 'sleep 10'
+        ;;
     finish)
         printf '%s\n' 'systemctl disable imgbuild-firstboot.service'
         ;;
@@ -180,6 +184,7 @@ assert_provisioned() {
     [[ ! -e $GG/claim.pem.crt && ! -e $GG/claim.private.pem.key ]]
     [[ ! -e $R/etc/imgbuild/greengrass-config.yaml.in && ! -e $WORK ]]
     [[ -e $GG/AmazonRootCA1.pem ]]
+    [[ -s $GG/thingCert.crt && -s $GG/privKey.key ]]
     grep -qx 'systemctl disable imgbuild-firstboot.service' "$STUB_LOG"
 }
 

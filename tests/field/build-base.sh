@@ -23,11 +23,14 @@ work=${FIELD_WORK:-$(dirname "$out")/base-work}
 
 # The packages of the base. first boot (firstboot/README.md) needs bash, coreutils, apt/dpkg,
 # sudo, unzip, curl, ca-certificates, passwd (useradd, in every Debian base) and systemd.
+# python3 (test only): the stand-in nucleus runs the AWS IoT Device SDK v2 for Python (awsiotsdk and
+# awscrt wheels, pre-seeded by run.sh) for the fleet-provisioning handshake over MQTT/TLS.
 FIELD_BASE_PACKAGES=(
   systemd-sysv udev kmod dbus systemd-timesyncd
   linux-image-arm64 initramfs-tools zstd raspi-firmware
   e2fsprogs dosfstools
   openssh-server sudo ca-certificates curl unzip
+  python3
 )
 
 log() { echo "build-base: $*" >&2; }

@@ -21,3 +21,7 @@ apt-get install -y -q --no-install-recommends -t bookworm-backports \
 apt-get install -y -q --no-install-recommends \
   device-tree-compiler arch-test mtools dosfstools fdisk e2fsprogs xz-utils \
   openssh-client openssl openjdk-17-jdk-headless python3 systemd coreutils
+# The AWS IoT stand-in on 127.0.0.1 (iot.sh): MQTT broker, the responder's MQTT client and boto3 (for
+# moto), socat for QEMU's guestfwd, pip to download the guest's AWS IoT Device SDK wheels.
+apt-get install -y -q --no-install-recommends \
+  mosquitto python3-paho-mqtt python3-boto3 python3-pip socat

@@ -139,6 +139,15 @@ fn rpi_os_build_injects_everything_and_stays_clean() {
     );
     assert_fs_clean(&img, &f);
     let off = f.root.offset_bytes;
+    // Raspberry Pi OS keeps cmdline.txt/config.txt itself: no raspi-firmware files, and the user
+    // (created by the OS on first boot from userconf.txt) gets no home from imgbuild.
+    for p in [
+        "/etc/default/raspi-extra-cmdline",
+        "/etc/default/raspi-firmware-custom",
+        "/home/admin",
+    ] {
+        assert!(debugfs_stat(&img, off, p).is_none(), "{p} written on rpi4");
+    }
     // Overlay: bytes, modes, owners from overlay.toml, defaults otherwise.
     assert_eq!(
         debugfs_cat(&img, off, "/etc/app/app.conf"),
@@ -286,6 +295,45 @@ fn debian_raspi_1k_blocks_gzip_base_creates_user_in_root_fs() {
     assert!(
         sysconf.lines().any(|l| l == "hostname=gg-node-7"),
         "{sysconf}"
+    );
+    // The new user's home: owned by it, 0700, with the image's /etc/skel files.
+    let home = stat(&img, &f, "/home/admin");
+    assert_eq!(
+        (home.kind, home.mode, home.uid, home.gid),
+        (ExtKind::Dir, 0o700, 1000, 1000)
+    );
+    for name in [".bashrc", ".profile", ".bash_logout"] {
+        let st = stat(&img, &f, &format!("/home/admin/{name}"));
+        assert_eq!((st.mode, st.uid, st.gid), (0o644, 1000, 1000), "{name}");
+        assert_eq!(
+            debugfs_cat(&img, off, &format!("/home/admin/{name}")),
+            debugfs_cat(&img, off, &format!("/etc/skel/{name}"))
+        );
+    }
+    let parent = stat(&img, &f, "/home");
+    assert_eq!((parent.mode, parent.uid, parent.gid), (0o755, 0, 0));
+    // Debian's raspi-firmware regenerates cmdline.txt/config.txt from these on kernel upgrades.
+    let cmdline = mtype(&img, f.boot.offset_bytes, "/cmdline.txt");
+    assert!(String::from_utf8_lossy(&cmdline).contains(" cgroup_enable=memory cgroup_memory=1"));
+    assert_eq!(
+        debugfs_cat(&img, off, "/etc/default/raspi-extra-cmdline"),
+        b"cgroup_enable=memory cgroup_memory=1\n"
+    );
+    assert_eq!(
+        debugfs_cat(&img, off, "/etc/default/raspi-firmware-custom"),
+        b"dtparam=audio=off\nenable_uart=1\n"
+    );
+    for p in [
+        "/etc/default/raspi-extra-cmdline",
+        "/etc/default/raspi-firmware-custom",
+    ] {
+        let st = stat(&img, &f, p);
+        assert_eq!((st.mode, st.uid, st.gid), (0o644, 0, 0), "{p}");
+    }
+    // The package's own settings file is left alone.
+    assert_eq!(
+        debugfs_cat(&img, off, "/etc/default/raspi-firmware"),
+        b"# CMA pool size\n#CMA=64M\n"
     );
 }
 

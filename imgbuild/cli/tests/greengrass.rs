@@ -156,6 +156,129 @@ fn greengrass_payload_lands_with_modes_and_the_unit_enabled() {
     );
 }
 
+/// A CA certificate made by the real openssl (`req -x509` marks it CA:TRUE through Debian's v3_ca).
+fn ca(dir: &Path, name: &str) {
+    let o = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=Test Root CA 3", "-days", "30", "-keyout"])
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.pem"))));
+    assert!(
+        o.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn project_template_and_root_ca_land_in_the_image() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_base(&f, dir.path(), "base.img");
+    claim(dir.path(), "claim", 365);
+    ca(dir.path(), "ca3");
+    ca(dir.path(), "proxy-ca");
+    let bundle = [
+        std::fs::read(dir.path().join("ca3.pem")).expect("ca"),
+        std::fs::read(dir.path().join("proxy-ca.pem")).expect("ca"),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("bundle.pem"), &bundle).expect("bundle");
+    // The project's own plugin config template (the user's templates_dir, default "templates").
+    let tdir = dir.path().join("templates/greengrass");
+    std::fs::create_dir_all(&tdir).expect("mkdir");
+    std::fs::write(
+        tdir.join("fleet-provisioning.yaml.tera"),
+        "# site template\nservices:\n  aws.greengrass.FleetProvisioningByClaim:\n    configuration:\n      \
+         iotDataEndpoint: {{ data_endpoint | json_encode() }}\n      rootCaPath: {{ root_ca_path | json_encode() }}\n      \
+         mqttPort: {{ mqtt_port }}\n      dataPlane: {{ data_plane_port }}\n      templateParameters:\n        \
+         SerialNumber: \"{{ serial_placeholder }}\"\n",
+    )
+    .expect("template");
+    let cfg = config("claim.crt", "claim.key")
+        + "root_ca = \"bundle.pem\"\nmqtt_port = 443\nproxy_url = \"https://proxy.example:8443\"\n";
+    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
+    let o = imgbuild(
+        dir.path(),
+        &["--board", "rpi4", "--base", "base.img", "--name", "gg"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = unxz(&dir.path().join("dist/gg.img.xz"), dir.path());
+    assert_fs_clean(&img, &f);
+    let off = f.root.offset_bytes;
+    assert_eq!(
+        String::from_utf8_lossy(&debugfs_cat(&img, off, "/etc/imgbuild/greengrass-config.yaml.in")),
+        "# site template\nservices:\n  aws.greengrass.FleetProvisioningByClaim:\n    configuration:\n      \
+         iotDataEndpoint: \"a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com\"\n      \
+         rootCaPath: \"/greengrass/v2/rootCA.pem\"\n      mqttPort: 443\n      dataPlane: 443\n      \
+         templateParameters:\n        SerialNumber: \"@SERIAL_NUMBER@\"\n"
+    );
+    let st = debugfs_stat(&img, off, "/greengrass/v2/rootCA.pem").expect("rootCA.pem");
+    assert_eq!((st.mode, st.uid, st.gid), (0o644, 0, 0));
+    assert_eq!(debugfs_cat(&img, off, "/greengrass/v2/rootCA.pem"), bundle);
+    assert!(debugfs_stat(&img, off, "/greengrass/v2/AmazonRootCA1.pem").is_none());
+    let env = String::from_utf8_lossy(&debugfs_cat(&img, off, "/etc/imgbuild/firstboot.env"))
+        .into_owned();
+    assert!(
+        env.contains("\nROOT_CA_PATH=/greengrass/v2/rootCA.pem\n"),
+        "{env}"
+    );
+}
+
+#[test]
+fn bad_root_ca_or_project_template_fails_the_build_naming_the_file() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_base(&f, dir.path(), "base.img");
+    claim(dir.path(), "claim", 365);
+    // A claim key given as root_ca: refused without printing it.
+    let cfg = config("claim.crt", "claim.key") + "root_ca = \"claim.key\"\n";
+    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
+    let o = imgbuild(dir.path(), &["--board", "rpi4", "--base", "base.img"]);
+    assert_fails(
+        &o,
+        &dir.path().join("dist"),
+        &["root_ca", "claim.key", "not a CERTIFICATE"],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    for l in key_lines(&dir.path().join("claim.key")) {
+        assert!(!stderr.contains(&l), "claim key printed");
+    }
+    // https proxy without root_ca.
+    let cfg = config("claim.crt", "claim.key") + "proxy_url = \"https://proxy:8443\"\n";
+    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
+    let o = imgbuild(dir.path(), &["--board", "rpi4", "--base", "base.img"]);
+    assert_fails(&o, &dir.path().join("dist"), &["proxy_url", "root_ca"]);
+    // A project template with an unknown variable.
+    std::fs::write(
+        dir.path().join("imgbuild.toml"),
+        config("claim.crt", "claim.key"),
+    )
+    .expect("config");
+    let tdir = dir.path().join("templates/greengrass");
+    std::fs::create_dir_all(&tdir).expect("mkdir");
+    std::fs::write(
+        tdir.join("fleet-provisioning.yaml.tera"),
+        "x: {{ thing_nmae }}\n",
+    )
+    .expect("template");
+    let o = imgbuild(dir.path(), &["--board", "rpi4", "--base", "base.img"]);
+    assert_fails(
+        &o,
+        &dir.path().join("dist"),
+        &["fleet-provisioning.yaml.tera", "thing_nmae"],
+    );
+}
+
 #[test]
 fn mismatched_claim_key_is_refused_without_printing_it() {
     let f = fixture(Layout::RpiOs, 4096, 0);

@@ -33,6 +33,8 @@ pub struct AccessFile {
     pub uid: u32,
     /// Owner gid.
     pub gid: u32,
+    /// True for a directory (root fs only; `data` is empty).
+    pub dir: bool,
 }
 
 impl AccessFile {
@@ -44,6 +46,7 @@ impl AccessFile {
             mode,
             uid: 0,
             gid: 0,
+            dir: false,
         }
     }
     fn boot(path: &str, data: impl Into<Vec<u8>>) -> AccessFile {
@@ -54,6 +57,7 @@ impl AccessFile {
             mode: 0o644,
             uid: 0,
             gid: 0,
+            dir: false,
         }
     }
 }
@@ -249,8 +253,8 @@ pub fn sysconf_set(sysconf: &str, pairs: &[(&str, String)]) -> String {
 }
 
 /// Account files for a user created in the root file system (`/etc/passwd`, `/etc/group`,
-/// `/etc/shadow`, home directory skeleton is left to the OS). An existing user keeps its ids
-/// and only gets its password field set.
+/// `/etc/shadow`, and the home directory with the skeleton files). An existing user keeps its ids
+/// and home and only gets its password field set.
 fn rootfs_user(u: &UserConfig, img: &dyn ImageFiles) -> Result<Vec<AccessFile>> {
     let passwd = text(img.root_file("/etc/passwd")?);
     let group = text(img.root_file("/etc/group")?);
@@ -263,6 +267,11 @@ fn rootfs_user(u: &UserConfig, img: &dyn ImageFiles) -> Result<Vec<AccessFile>> 
         &u.name,
         u.password_hash.as_deref(),
     );
+    let home = if acct.created {
+        home_files(u, acct.uid, acct.gid, img)?
+    } else {
+        Vec::new()
+    };
     let mut out = vec![
         AccessFile::root("/etc/passwd", acct.passwd, 0o644),
         AccessFile::root("/etc/group", acct.group, 0o644),
@@ -271,6 +280,7 @@ fn rootfs_user(u: &UserConfig, img: &dyn ImageFiles) -> Result<Vec<AccessFile>> 
             ..AccessFile::root("/etc/shadow", acct.shadow, 0o640)
         },
     ];
+    out.extend(home);
     if u.password_hash.is_none() {
         // A locked password would make sudo unusable; key-only users get password-less sudo.
         out.push(AccessFile::root(
@@ -281,6 +291,28 @@ fn rootfs_user(u: &UserConfig, img: &dyn ImageFiles) -> Result<Vec<AccessFile>> 
             ),
             0o440,
         ));
+    }
+    Ok(out)
+}
+
+/// The home directory of a user imgbuild created, owned by the user, mode 0700 (bookworm's adduser
+/// default, `DIR_MODE=0700` in /etc/adduser.conf), with the `/etc/skel` dot files Debian's adduser copies
+/// (`.bashrc`, `.profile`, `.bash_logout`, when the image has them), owned by the user, mode 0644.
+fn home_files(u: &UserConfig, uid: u32, gid: u32, img: &dyn ImageFiles) -> Result<Vec<AccessFile>> {
+    let home = format!("/home/{}", u.name);
+    let owned = |f: AccessFile| AccessFile { uid, gid, ..f };
+    let mut out = vec![owned(AccessFile {
+        dir: true,
+        ..AccessFile::root(&home, Vec::new(), 0o700)
+    })];
+    for name in [".bashrc", ".profile", ".bash_logout"] {
+        if let Some(data) = img.root_file(&format!("/etc/skel/{name}"))? {
+            out.push(owned(AccessFile::root(
+                &format!("{home}/{name}"),
+                data,
+                0o644,
+            )));
+        }
     }
     Ok(out)
 }
@@ -298,6 +330,8 @@ pub struct Accounts {
     pub uid: u32,
     /// The user's primary gid.
     pub gid: u32,
+    /// True when the user was added (false: it existed and only its password field was set).
+    pub created: bool,
 }
 
 /// Adds `name` (uid/gid = first free from 1000, its own group, member of `sudo`, `adm` and
@@ -315,6 +349,7 @@ pub fn add_user(
         (f.len() >= 4 && f[0] == name)
             .then(|| (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0)))
     });
+    let created = existing.is_none();
     let (uid, gid, mut passwd, mut group) = match existing {
         Some((uid, gid)) => (uid, gid, passwd.to_string(), group.to_string()),
         None => {
@@ -360,6 +395,7 @@ pub fn add_user(
         shadow,
         uid,
         gid,
+        created,
     }
 }
 

@@ -188,6 +188,12 @@ impl Writer<'_> {
     }
 
     fn write_access(&mut self, f: access::AccessFile) -> Result<()> {
+        if f.dir {
+            // A new user's home: parents as root 0755, the directory itself owned by the user.
+            self.ensure_parent(&f.path)?;
+            let meta = self.meta(f.mode, f.uid, f.gid);
+            return self.write_root_dir(&f.path, meta, true, "[user]");
+        }
         if f.on_boot {
             self.write_boot_file(&f.path, &f.data, "[user]/hostname")
         } else {
@@ -217,25 +223,7 @@ impl Writer<'_> {
         let meta = self.meta(e.mode, uid, gid);
         match &e.kind {
             EntryKind::File(data) => self.write_root_file(&e.path, data, meta, &e.origin),
-            EntryKind::Dir { explicit } => {
-                match self.root.stat(&e.path).map_err(ext4_err)? {
-                    Some(s) if s.kind == FileKind::Directory => {
-                        if *explicit {
-                            self.root.set_meta(&e.path, &meta).map_err(ext4_err)?;
-                        } else {
-                            return Ok(());
-                        }
-                    }
-                    Some(_) => crate::bail!(
-                        "{}: {} exists in the image and is not a directory",
-                        e.origin,
-                        e.path
-                    ),
-                    None => self.root.mkdir_p(&e.path, &meta).map_err(ext4_err)?,
-                }
-                self.record_root(&e.path, "dir", 0, None, None, meta, &e.origin);
-                Ok(())
-            }
+            EntryKind::Dir { explicit } => self.write_root_dir(&e.path, meta, *explicit, &e.origin),
             EntryKind::Symlink(target) => {
                 self.ensure_parent(&e.path)?;
                 self.root
@@ -253,6 +241,23 @@ impl Writer<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// Creates the directory `path` (missing parents get `meta` too) or, when `reset` is set, gives an
+    /// existing one `meta`; an existing directory without `reset` is left alone and not recorded.
+    fn write_root_dir(&mut self, path: &str, meta: Meta, reset: bool, origin: &str) -> Result<()> {
+        match self.root.stat(path).map_err(ext4_err)? {
+            Some(s) if s.kind == FileKind::Directory => {
+                if !reset {
+                    return Ok(());
+                }
+                self.root.set_meta(path, &meta).map_err(ext4_err)?;
+            }
+            Some(_) => crate::bail!("{origin}: {path} exists in the image and is not a directory"),
+            None => self.root.mkdir_p(path, &meta).map_err(ext4_err)?,
+        }
+        self.record_root(path, "dir", 0, None, None, meta, origin);
+        Ok(())
     }
 
     fn ensure_parent(&mut self, path: &str) -> Result<()> {
@@ -358,6 +363,19 @@ impl Writer<'_> {
             };
             let new = fat::cmdline_append(&String::from_utf8_lossy(&old), &plan.cmdline_append);
             self.write_boot_file(&path, new.as_bytes(), "[boot] cmdline_append")?;
+            if let Some(persist) = files.cmdline_persist.as_deref() {
+                // One line, no comments (raspi-firmware pastes it after its own tokens).
+                let old = self.read_root(persist)?.unwrap_or_default();
+                let old = String::from_utf8_lossy(&old);
+                let old = old.lines().next().unwrap_or("").trim();
+                let new = fat::cmdline_append(old, &plan.cmdline_append);
+                let new = format!("{}\n", new.trim());
+                self.write_persist(
+                    persist,
+                    &new,
+                    "[boot] cmdline_append (kept across upgrades)",
+                )?;
+            }
         }
         if !plan.config_set.is_empty() {
             let Some(name) = files.config.as_deref() else {
@@ -370,8 +388,23 @@ impl Writer<'_> {
             let old = self.boot.read_file(&path)?.unwrap_or_default();
             let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
             self.write_boot_file(&path, new.as_bytes(), "[boot.config]")?;
+            if let Some(persist) = files.config_persist.as_deref() {
+                let old = self.read_root(persist)?.unwrap_or_default();
+                let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
+                self.write_persist(persist, &new, "[boot.config] (kept across upgrades)")?;
+            }
         }
         Ok(())
+    }
+
+    /// Writes a root-fs file the OS regenerates a boot file from (keeping an existing file's mode and
+    /// owner; new ones are root:root 0644).
+    fn write_persist(&mut self, path: &str, text: &str, origin: &str) -> Result<()> {
+        let meta = match self.root.stat(path).map_err(ext4_err)? {
+            Some(s) if s.kind == FileKind::Regular => self.meta(s.mode & 0o7777, s.uid, s.gid),
+            _ => self.meta(0o644, 0, 0),
+        };
+        self.write_root_file(path, text.as_bytes(), meta, origin)
     }
 
     fn enable_unit(&mut self, unit: &str, depth: u32) -> Result<()> {

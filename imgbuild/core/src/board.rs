@@ -172,6 +172,15 @@ pub struct BootFiles {
     /// Tokens always appended to the command line when the Greengrass payload is built.
     #[serde(default)]
     pub cmdline_defaults: Vec<String>,
+    /// Root-fs file from which the OS regenerates the command line on kernel/firmware upgrades (Debian's
+    /// raspi-firmware appends `/etc/default/raspi-extra-cmdline`); the appended tokens are written there
+    /// too, so they survive upgrades.
+    #[serde(default)]
+    pub cmdline_persist: Option<String>,
+    /// Root-fs file the OS appends to the regenerated firmware config (Debian's raspi-firmware:
+    /// `/etc/default/raspi-firmware-custom`); `[boot.config]` settings are written there too.
+    #[serde(default)]
+    pub config_persist: Option<String>,
 }
 
 impl Board {
@@ -195,6 +204,13 @@ impl Board {
                 "board file {origin}: partition for role {} has index 0; indexes start at 1",
                 p.role
             );
+        }
+        for persist in [&self.boot.cmdline_persist, &self.boot.config_persist]
+            .into_iter()
+            .flatten()
+        {
+            crate::config::check_image_path(persist)
+                .map_err(|e| e.context(format_args!("board file {origin}: [boot]")))?;
         }
         let sha = &self.base.sha256;
         if !sha.is_empty() && !is_sha256_hex(sha) {

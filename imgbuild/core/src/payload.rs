@@ -1,7 +1,8 @@
 //! The Greengrass payload: what a `[greengrass]` section adds to the plan — claim certificate
-//! and key, Amazon's root CA, the fleet-provisioning plugin config (serial filled on the
-//! device), first-boot settings, the first-boot scripts and their unit (enabled), the clock
-//! floor, and the board's kernel command-line defaults. With `--preseed`, also the pinned
+//! and key, the root CA (Amazon Root CA 1 or `root_ca`), the fleet-provisioning plugin config
+//! (from the project's `templates_dir/greengrass/` when it has one; serial filled on the device),
+//! first-boot settings, the first-boot scripts and their unit (enabled), the clock floor, and the
+//! board's kernel command-line defaults. With `--preseed`, also the pinned
 //! nucleus zip, plugin jar and arm64 .debs (see [`Preseed`]).
 //!
 //! The first-boot scripts are compiled into the binary from `firstboot/`, so an `imgbuild`
@@ -82,7 +83,10 @@ pub fn add_greengrass(
             origin: origin.to_string(),
         });
     }
-    for f in imgbuild_greengrass::payload_files(gg, &claim).map_err(gg_err)? {
+    let plugin_config = plugin_config(gg, &plan.templates_dir)?;
+    for f in
+        imgbuild_greengrass::payload_files_with_config(gg, &claim, plugin_config).map_err(gg_err)?
+    {
         let mut data = match &f.contents {
             PayloadContents::Public(b) => b.clone(),
             PayloadContents::Secret(s) => s.expose_secret().to_vec(),
@@ -119,6 +123,35 @@ pub fn add_greengrass(
         }
     }
     Ok(warnings)
+}
+
+/// The fleet-provisioning plugin config: rendered from the project's own
+/// `templates_dir/greengrass/fleet-provisioning.yaml.tera` when that file exists, else from the
+/// built-in template (the repository's `templates/greengrass/`).
+fn plugin_config(gg: &GreengrassConfig, templates_dir: &Path) -> Result<String> {
+    let own = templates_dir.join(imgbuild_greengrass::PLUGIN_CONFIG_TEMPLATE_NAME);
+    let placeholder = imgbuild_greengrass::SERIAL_PLACEHOLDER;
+    let rendered = match std::fs::read_to_string(&own) {
+        Ok(text) => {
+            tracing::info!(template = %own.display(), "Greengrass plugin config from the project's template");
+            imgbuild_greengrass::render_plugin_config_from(
+                gg,
+                placeholder,
+                &text,
+                &format!("template {}", own.display()),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            imgbuild_greengrass::render_plugin_config(gg, placeholder)
+        }
+        Err(e) => {
+            return Err(Error::msg(format!(
+                "reading the project's plugin config template {}: {e}",
+                own.display()
+            )))
+        }
+    };
+    rendered.map_err(|e| Error::msg(e.to_string()))
 }
 
 fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()> {

@@ -50,6 +50,9 @@ pub struct Plan {
     pub config_set: Vec<(String, String)>,
     /// Units to enable, after all entries are written.
     pub enable_units: Vec<String>,
+    /// The project's templates directory (`templates_dir`, default `templates`, resolved against the
+    /// config's directory); payloads look for their overridable templates here.
+    pub templates_dir: PathBuf,
 }
 
 impl Plan {
@@ -67,7 +70,14 @@ impl Plan {
 
 /// Builds the plan for `cfg`; relative paths in it are resolved against `config_dir`.
 pub fn make(cfg: &Config, config_dir: &Path) -> Result<Plan> {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        templates_dir: config_dir.join(
+            cfg.templates_dir
+                .as_deref()
+                .unwrap_or(Path::new("templates")),
+        ),
+        ..Plan::default()
+    };
     for overlay in &cfg.overlays {
         let dir = config_dir.join(overlay);
         add_overlay(&mut plan, &dir, &format!("overlay {}", overlay.display()))?;
@@ -92,11 +102,7 @@ pub fn make(cfg: &Config, config_dir: &Path) -> Result<Plan> {
         plan.file(&f.path, data, mode, owner, &origin);
     }
     if !cfg.templates.is_empty() {
-        let dir = config_dir.join(
-            cfg.templates_dir
-                .as_deref()
-                .unwrap_or(Path::new("templates")),
-        );
+        let dir = plan.templates_dir.clone();
         for (i, t) in cfg.templates.iter().enumerate() {
             let origin = format!("[[template]] #{} ({})", i + 1, t.source.display());
             let text =

@@ -76,6 +76,8 @@ pub struct ClaimMaterial {
     pub key_pem: SecretBytes,
     /// The key's kind.
     pub key_kind: KeyKind,
+    /// The root CA file for the device (PEM): `[greengrass] root_ca` as given, or the shipped Amazon Root CA 1.
+    pub root_ca_pem: Vec<u8>,
     /// The certificate's subject, e.g. `CN=AWS IoT Certificate`.
     pub subject: String,
     /// End of the certificate's validity.
@@ -172,8 +174,10 @@ pub fn load_claim(
     if let Some(warning) = key_permission_warning(&key_path) {
         warnings.push(warning);
     }
+    let root_ca_pem = crate::rootca::load_root_ca(cfg, base_dir, now)?;
     let material = ClaimMaterial {
         cert_pem,
+        root_ca_pem,
         key_kind: public.kind(),
         key_pem,
         subject: cert.subject().to_string(),
@@ -184,7 +188,7 @@ pub fn load_claim(
 }
 
 /// Reads a whole file of at most [`MAX_PEM_FILE`] bytes; errors name `what` and the path only.
-fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>> {
     let file = File::open(path).map_err(|e| {
         GgError::msg(format!(
             "{what} {}: cannot open ({}): check the [greengrass] path",
@@ -215,7 +219,7 @@ fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>> {
 }
 
 /// Parses PEM blocks; errors name the path only.
-fn pem_blocks(path: &Path, what: &str, bytes: &[u8]) -> Result<Vec<pem::Pem>> {
+pub(crate) fn pem_blocks(path: &Path, what: &str, bytes: &[u8]) -> Result<Vec<pem::Pem>> {
     let blocks = pem::parse_many(bytes).map_err(|_| {
         GgError::msg(format!(
             "{what} {}: garbled PEM (bad base64 or framing)",

@@ -82,6 +82,12 @@ pub struct GreengrassConfig {
     pub claim_cert: PathBuf,
     /// Claim private key (PEM), relative to the config file's directory unless absolute.
     pub claim_key: PathBuf,
+    /// The CA certificates (PEM, one or more) the device trusts for AWS IoT, relative to the config file's
+    /// directory unless absolute. Unset: the shipped Amazon Root CA 1. Needed for Amazon Root CA 3 (ECC
+    /// endpoints), configurable IoT domains with their own server certificates, and HTTPS proxies (append the
+    /// proxy's CA). Installed as the plugin's `rootCaPath`, which the nucleus keeps as `system.rootCaPath`.
+    #[serde(default)]
+    pub root_ca: Option<PathBuf>,
     /// Greengrass nucleus version.
     #[serde(default = "default_nucleus_version")]
     pub nucleus_version: String,
@@ -110,7 +116,8 @@ pub struct GreengrassConfig {
     /// HTTP(S) proxy for provisioning and for the nucleus, `scheme://[user:password@]host[:port]`.
     #[serde(default)]
     pub proxy_url: Option<String>,
-    /// MQTT port (8883, or 443 through firewalls that only pass HTTPS).
+    /// MQTT port (8883, or 443 through firewalls that only pass HTTPS; 443 also moves the nucleus's
+    /// data-plane HTTPS port, `greengrassDataPlanePort`, from 8443 to 443).
     #[serde(default = "default_mqtt_port")]
     pub mqtt_port: u16,
     /// Extra parameters for the provisioning template (`SerialNumber` is reserved: it is filled on the device).
@@ -150,6 +157,7 @@ impl fmt::Debug for GreengrassConfig {
             .field("thing_group", &self.thing_group)
             .field("claim_cert", &self.claim_cert)
             .field("claim_key", &self.claim_key)
+            .field("root_ca", &self.root_ca)
             .field("nucleus_version", &self.nucleus_version)
             .field("nucleus_sha256", &self.nucleus_sha256)
             .field("plugin_version", &self.plugin_version)

@@ -25,11 +25,14 @@ pub use config::{
 };
 pub use error::{GgError, Result};
 pub use render::{
-    firstboot_env, payload_files, render_plugin_config, template_context, template_parameters,
-    PayloadContents, PayloadFile, CLAIM_CERT_PATH, CLAIM_KEY_PATH, FIRSTBOOT_ENV_PATH, GG_ROOT,
-    PLUGIN_CONFIG_TEMPLATE, PLUGIN_CONFIG_TEMPLATE_PATH, ROOT_CA_PATH, SERIAL_PLACEHOLDER,
+    firstboot_env, payload_files, payload_files_with_config, render_plugin_config,
+    render_plugin_config_from, template_context, template_parameters, PayloadContents, PayloadFile,
+    CLAIM_CERT_PATH, CLAIM_KEY_PATH, DATA_PLANE_PORT_443, FIRSTBOOT_ENV_PATH, GG_ROOT,
+    PLUGIN_CONFIG_TEMPLATE, PLUGIN_CONFIG_TEMPLATE_NAME, PLUGIN_CONFIG_TEMPLATE_PATH,
+    SERIAL_PLACEHOLDER,
 };
 pub use rootca::{
-    amazon_root_ca1, verify_root_ca, AMAZON_ROOT_CA1_DER_SHA256, AMAZON_ROOT_CA1_PEM_SHA256,
+    amazon_root_ca1, check_root_ca_pem, load_root_ca, root_ca_path, verify_root_ca,
+    AMAZON_ROOT_CA1_DER_SHA256, AMAZON_ROOT_CA1_PEM_SHA256, CUSTOM_ROOT_CA_PATH, ROOT_CA_PATH,
 };
-pub use validate::{region_domain, validate};
+pub use validate::{region_domain, region_partition, validate};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::claim::ClaimMaterial;
 use crate::config::{Artifact, GreengrassConfig};
 use crate::error::{gg_bail, GgError, Result};
-use crate::rootca::amazon_root_ca1;
+use crate::rootca::root_ca_path;
 
 /// Greengrass root folder on the device.
 pub const GG_ROOT: &str = "/greengrass/v2";
@@ -13,8 +13,6 @@ pub const GG_ROOT: &str = "/greengrass/v2";
 pub const CLAIM_CERT_PATH: &str = "/greengrass/v2/claim.pem.crt";
 /// Claim private key on the device (mode 0600, root).
 pub const CLAIM_KEY_PATH: &str = "/greengrass/v2/claim.private.pem.key";
-/// Amazon Root CA 1 on the device (mode 0644).
-pub const ROOT_CA_PATH: &str = "/greengrass/v2/AmazonRootCA1.pem";
 /// The rendered plugin config with the serial placeholder, read by first boot (mode 0600, root).
 pub const PLUGIN_CONFIG_TEMPLATE_PATH: &str = "/etc/imgbuild/greengrass-config.yaml.in";
 /// The first-boot settings (`KEY=VALUE`, sourced by bash; mode 0600, root).
@@ -25,8 +23,12 @@ pub const SERIAL_PLACEHOLDER: &str = "@SERIAL_NUMBER@";
 /// The plugin config template, `templates/greengrass/fleet-provisioning.yaml.tera`.
 pub const PLUGIN_CONFIG_TEMPLATE: &str =
     include_str!("../../../templates/greengrass/fleet-provisioning.yaml.tera");
-/// Name under which [`PLUGIN_CONFIG_TEMPLATE`] is registered with tera.
-const TEMPLATE_NAME: &str = "greengrass/fleet-provisioning.yaml.tera";
+/// Path of the plugin config template relative to a templates directory: the built-in one
+/// ([`PLUGIN_CONFIG_TEMPLATE`]) is `templates/` of the repository; a project's `templates_dir` holding this
+/// file overrides it.
+pub const PLUGIN_CONFIG_TEMPLATE_NAME: &str = "greengrass/fleet-provisioning.yaml.tera";
+/// The nucleus's data-plane HTTPS port (`greengrassDataPlanePort`) used with `mqtt_port = 443`.
+pub const DATA_PLANE_PORT_443: u16 = 443;
 
 /// The provisioning template parameters: `ThingName` (the serial unless set in `template_parameters`),
 /// `ThingGroupName` (when `thing_group` is set), `SerialNumber` (the placeholder) and the extra parameters.
@@ -49,7 +51,14 @@ pub fn template_parameters(
 ///
 /// Keys: `nucleus_version`, `root_path`, `region`, `data_endpoint`, `credential_endpoint`, `role_alias`,
 /// `provisioning_template`, `claim_cert_path`, `claim_key_path`, `root_ca_path`, `template_parameters` (map),
-/// `mqtt_port`, `proxy_url` (absent when unset), `serial_placeholder`.
+/// `mqtt_port`, `data_plane_port` (443 with `mqtt_port = 443`, else absent), `proxy_url` (absent when unset),
+/// `serial_placeholder`.
+///
+/// `mqtt_port = 443` also sets the nucleus's `greengrassDataPlanePort` to 443: behind a firewall that passes
+/// only 443, deployments (the data plane, 8443 by default) fail otherwise. Source: AWS IoT Greengrass
+/// developer guide, "Connect on port 443 or through a network proxy"
+/// (docs.aws.amazon.com/greengrass/v2/developerguide/configure-greengrass-core-v2.html#configure-alpn-network-proxy)
+/// and the nucleus 2.0.4 release notes (greengrass-release-2021-02-04), which introduced the parameter.
 pub fn template_context(cfg: &GreengrassConfig, serial_placeholder: &str) -> tera::Context {
     let mut context = tera::Context::new();
     context.insert("nucleus_version", &cfg.nucleus_version);
@@ -61,12 +70,15 @@ pub fn template_context(cfg: &GreengrassConfig, serial_placeholder: &str) -> ter
     context.insert("provisioning_template", &cfg.provisioning_template);
     context.insert("claim_cert_path", CLAIM_CERT_PATH);
     context.insert("claim_key_path", CLAIM_KEY_PATH);
-    context.insert("root_ca_path", ROOT_CA_PATH);
+    context.insert("root_ca_path", root_ca_path(cfg));
     context.insert(
         "template_parameters",
         &template_parameters(cfg, serial_placeholder),
     );
     context.insert("mqtt_port", &cfg.mqtt_port);
+    if cfg.mqtt_port == 443 {
+        context.insert("data_plane_port", &DATA_PLANE_PORT_443);
+    }
     if let Some(proxy) = &cfg.proxy_url {
         context.insert("proxy_url", proxy);
     }
@@ -80,6 +92,23 @@ pub fn template_context(cfg: &GreengrassConfig, serial_placeholder: &str) -> ter
 /// The placeholder must be 3 to 64 characters of `A-Z a-z 0-9 @ _ % -` so first boot can replace it
 /// literally; the rendered text must contain it.
 pub fn render_plugin_config(cfg: &GreengrassConfig, serial_placeholder: &str) -> Result<String> {
+    render_plugin_config_from(
+        cfg,
+        serial_placeholder,
+        PLUGIN_CONFIG_TEMPLATE,
+        &format!("templates/{PLUGIN_CONFIG_TEMPLATE_NAME} (built in)"),
+    )
+}
+
+/// Like [`render_plugin_config`], with the template text `template` (a project's own
+/// `templates_dir/greengrass/fleet-provisioning.yaml.tera`); `origin` names it in errors. The context is
+/// [`template_context`]; an unknown variable, a syntax error or a result without the placeholder is an error.
+pub fn render_plugin_config_from(
+    cfg: &GreengrassConfig,
+    serial_placeholder: &str,
+    template: &str,
+    origin: &str,
+) -> Result<String> {
     let placeholder_ok = (3..=64).contains(&serial_placeholder.len())
         && serial_placeholder
             .chars()
@@ -89,20 +118,26 @@ pub fn render_plugin_config(cfg: &GreengrassConfig, serial_placeholder: &str) ->
     }
     let mut tera = tera::Tera::default();
     tera.autoescape_on(Vec::new());
-    tera.add_raw_template(TEMPLATE_NAME, PLUGIN_CONFIG_TEMPLATE)
-        .map_err(|e| tera_error("parsing", &e))?;
+    tera.add_raw_template(PLUGIN_CONFIG_TEMPLATE_NAME, template)
+        .map_err(|e| tera_error(origin, "parsing", &e))?;
     let rendered = tera
-        .render(TEMPLATE_NAME, &template_context(cfg, serial_placeholder))
-        .map_err(|e| tera_error("rendering", &e))?;
+        .render(
+            PLUGIN_CONFIG_TEMPLATE_NAME,
+            &template_context(cfg, serial_placeholder),
+        )
+        .map_err(|e| tera_error(origin, "rendering", &e))?;
     if !rendered.contains(serial_placeholder) {
-        gg_bail!("templates/{TEMPLATE_NAME}: the rendered config lacks the serial placeholder {serial_placeholder}");
+        gg_bail!(
+            "{origin}: the rendered config lacks the serial placeholder {serial_placeholder}: use \
+             {{{{ serial_placeholder }}}} where the device's serial number goes"
+        );
     }
     Ok(rendered)
 }
 
 /// A one-line error from a tera error and its causes.
-fn tera_error(doing: &str, error: &tera::Error) -> GgError {
-    let mut message = format!("templates/{TEMPLATE_NAME}: {doing} failed: {error}");
+fn tera_error(origin: &str, doing: &str, error: &tera::Error) -> GgError {
+    let mut message = format!("{origin}: {doing} failed: {error}");
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         message.push_str(&format!(": {cause}"));
@@ -127,8 +162,8 @@ fn shell_value(value: &str) -> String {
 /// The first-boot settings file ([`FIRSTBOOT_ENV_PATH`]), `KEY=VALUE` lines sourced by bash.
 ///
 /// Keys (see `firstboot/README.md`): `NUCLEUS_VERSION`, `NUCLEUS_SHA256`, `NUCLEUS_URL`, `PLUGIN_VERSION`,
-/// `PLUGIN_SHA256`, `PLUGIN_URL`, `DOCKER_FLAVOR` (`debian`/`docker-ce`), `JAVA_PACKAGE`, `GG_ROOT` and, when
-/// set, `PROXY_URL`. The pipeline appends its own keys (e.g. `BUILD_EPOCH`). Fails when a digest is unknown.
+/// `PLUGIN_SHA256`, `PLUGIN_URL`, `DOCKER_FLAVOR` (`debian`/`docker-ce`), `JAVA_PACKAGE`, `GG_ROOT`,
+/// `ROOT_CA_PATH` and, when set, `PROXY_URL`; then `firstboot_env` (e.g. `GG_PROVISION_TIMEOUT`). The pipeline appends its own keys (e.g. `BUILD_EPOCH`). Fails when a digest is unknown.
 pub fn firstboot_env(cfg: &GreengrassConfig) -> Result<String> {
     let mut lines = vec![
         ("NUCLEUS_VERSION", cfg.nucleus_version.clone()),
@@ -140,6 +175,7 @@ pub fn firstboot_env(cfg: &GreengrassConfig) -> Result<String> {
         ("DOCKER_FLAVOR", cfg.docker.as_str().to_owned()),
         ("JAVA_PACKAGE", cfg.java_package.clone()),
         ("GG_ROOT", GG_ROOT.to_owned()),
+        ("ROOT_CA_PATH", root_ca_path(cfg).to_owned()),
     ];
     if let Some(proxy) = &cfg.proxy_url {
         lines.push(("PROXY_URL", proxy.clone()));
@@ -198,10 +234,27 @@ impl PayloadContents {
 }
 
 /// Every Greengrass file the image needs besides `firstboot/` itself: claim certificate (0644) and key
-/// (0600), Amazon Root CA 1 (0644, checked against its pins), the plugin config template and the first-boot
-/// settings (0600). Call [`crate::validate`] and [`crate::load_claim`] first.
+/// (0600), the root CA (0644: Amazon Root CA 1 checked against its pins, or `root_ca`), the plugin config
+/// rendered from the built-in template and the first-boot settings (0600). Call [`crate::validate`] and
+/// [`crate::load_claim`] first.
 pub fn payload_files(cfg: &GreengrassConfig, claim: &ClaimMaterial) -> Result<Vec<PayloadFile>> {
-    crate::rootca::verify_root_ca()?;
+    let config = render_plugin_config(cfg, SERIAL_PLACEHOLDER)?;
+    payload_files_with_config(cfg, claim, config)
+}
+
+/// Like [`payload_files`], with the plugin config already rendered (e.g. by [`render_plugin_config_from`]
+/// from a project's own template).
+pub fn payload_files_with_config(
+    cfg: &GreengrassConfig,
+    claim: &ClaimMaterial,
+    plugin_config: String,
+) -> Result<Vec<PayloadFile>> {
+    if cfg.root_ca.is_none() {
+        crate::rootca::verify_root_ca()?;
+    }
+    if !plugin_config.contains(SERIAL_PLACEHOLDER) {
+        gg_bail!("the plugin config lacks the serial placeholder {SERIAL_PLACEHOLDER}");
+    }
     let public = |path, mode, bytes: Vec<u8>| PayloadFile {
         path,
         mode,
@@ -214,11 +267,11 @@ pub fn payload_files(cfg: &GreengrassConfig, claim: &ClaimMaterial) -> Result<Ve
             mode: 0o600,
             contents: PayloadContents::Secret(claim.key_pem.clone()),
         },
-        public(ROOT_CA_PATH, 0o644, amazon_root_ca1().to_vec()),
+        public(root_ca_path(cfg), 0o644, claim.root_ca_pem.clone()),
         public(
             PLUGIN_CONFIG_TEMPLATE_PATH,
             0o600,
-            render_plugin_config(cfg, SERIAL_PLACEHOLDER)?.into_bytes(),
+            plugin_config.into_bytes(),
         ),
         public(FIRSTBOOT_ENV_PATH, 0o600, firstboot_env(cfg)?.into_bytes()),
     ])

@@ -58,8 +58,37 @@ pub fn validate(cfg: &GreengrassConfig) -> Result<()> {
     }
     if let Some(url) = &cfg.proxy_url {
         check_proxy_url(url)?;
+        // AWS IoT Greengrass developer guide, "Connect on port 443 or through a network proxy" → "Enable the
+        // core device to trust an HTTPS proxy" (docs.aws.amazon.com/greengrass/v2/developerguide/
+        // configure-greengrass-core-v2.html#https-proxy-certificate-trust): with an HTTPS proxy, the proxy's
+        // CA certificate must be added to the file system.rootCaPath names (the Amazon root CA file). The
+        // plugin uses that same file for its proxy TLS context (FleetProvisioningByClaimPlugin:
+        // `new ClientTlsContext(getTlsContextOptions(rootCaPath))` → `getHttpProxyOptions`). Decision: an
+        // https:// proxy requires `root_ca`, the user's bundle of Amazon Root CA 1 plus the proxy's CA.
+        if url.starts_with("https://") && cfg.root_ca.is_none() {
+            gg_bail!(
+                "[greengrass] proxy_url is an https:// proxy, which the device can only trust through its root CA \
+                 file: set root_ca to a PEM file holding Amazon Root CA 1 and your proxy's CA certificate \
+                 (cat AmazonRootCA1.pem proxy-ca.pem > root-ca-bundle.pem), or use an http:// proxy"
+            );
+        }
     }
     Ok(())
+}
+
+/// The ARN partition of `region`: `aws-cn` for `cn-*`, `aws-us-gov` for `us-gov-*`, else `aws`. Every ARN
+/// built for a `[greengrass]` section must use it (`arn:{partition}:iot:{region}:{account}:…`); a
+/// hard-coded `arn:aws:` is refused by IAM and AWS IoT in China and GovCloud. Fails like [`region_domain`]
+/// for a name that is not an AWS Region.
+pub fn region_partition(region: &str) -> Result<&'static str> {
+    region_domain(region)?;
+    Ok(if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    })
 }
 
 /// Checks the region name and returns the DNS suffix of its partition.

@@ -322,7 +322,7 @@ fn proxy_urls_are_checked_and_their_passwords_never_shown() {
         "http://[fd00::1]:3128",
         "http://proxy.example/",
     ] {
-        let mut cfg = config("");
+        let mut cfg = config("root_ca = \"bundle.pem\"");
         cfg.proxy_url = Some(good.to_owned());
         validate(&cfg).unwrap_or_else(|e| panic!("{good}: {e}"));
     }
@@ -352,4 +352,45 @@ fn proxy_urls_are_checked_and_their_passwords_never_shown() {
         !debug.contains("Sup3rSecret") && debug.contains("alice:***@proxy:3128"),
         "{debug}"
     );
+}
+
+#[test]
+fn an_https_proxy_needs_root_ca_holding_the_proxy_ca() {
+    let mut cfg = config("");
+    cfg.proxy_url = Some("https://alice:Sup3rSecret@proxy.example:8443".into());
+    let err = rejected(&cfg, "proxy_url");
+    assert!(
+        err.contains("https://") && err.contains("root_ca") && err.contains("proxy's CA"),
+        "{err}"
+    );
+    assert!(!err.contains("Sup3rSecret"), "{err}");
+    cfg.root_ca = Some("root-ca-bundle.pem".into());
+    validate(&cfg).expect("https proxy with root_ca");
+    // An http:// proxy is reached in clear text: the Amazon root CA alone is enough.
+    let mut cfg = config("");
+    cfg.proxy_url = Some("http://proxy.example:3128".into());
+    validate(&cfg).expect("http proxy without root_ca");
+}
+
+#[test]
+fn arn_partition_follows_the_region() {
+    use imgbuild_greengrass::region_partition;
+    for (region, partition) in [
+        ("eu-west-1", "aws"),
+        ("us-east-1", "aws"),
+        ("cn-north-1", "aws-cn"),
+        ("cn-northwest-1", "aws-cn"),
+        ("us-gov-west-1", "aws-us-gov"),
+        ("us-gov-east-1", "aws-us-gov"),
+    ] {
+        assert_eq!(
+            region_partition(region).expect(region),
+            partition,
+            "{region}"
+        );
+    }
+    let err = region_partition("mars-north-1")
+        .expect_err("not a region")
+        .to_string();
+    assert!(err.contains("mars-north-1") && !err.contains('\n'), "{err}");
 }

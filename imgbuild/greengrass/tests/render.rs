@@ -134,6 +134,90 @@ fn proxy_and_mqtt_port_go_to_the_plugin_and_the_nucleus() {
 }
 
 #[test]
+fn mqtt_port_443_also_moves_the_data_plane_port_to_443() {
+    let doc =
+        parse_yaml(&render_plugin_config(&config("mqtt_port = 443"), SERIAL_PLACEHOLDER).unwrap());
+    let configuration = &nucleus(&doc)["configuration"];
+    assert_eq!(configuration["mqtt"]["port"].as_u64(), Some(443));
+    assert_eq!(configuration["greengrassDataPlanePort"].as_u64(), Some(443));
+    assert_eq!(plugin(&doc)["mqttPort"].as_u64(), Some(443));
+    for port in [8883, 1883] {
+        let text =
+            render_plugin_config(&config(&format!("mqtt_port = {port}")), SERIAL_PLACEHOLDER)
+                .unwrap();
+        let doc = parse_yaml(&text);
+        assert!(
+            nucleus(&doc)["configuration"]["greengrassDataPlanePort"].is_null(),
+            "data plane stays on its default 8443 with mqtt_port = {port}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn root_ca_option_moves_root_ca_path_in_config_and_settings() {
+    let cfg = config("root_ca = \"certs/AmazonRootCA3.pem\"");
+    let doc = parse_yaml(&render_plugin_config(&cfg, SERIAL_PLACEHOLDER).unwrap());
+    assert_eq!(
+        string(&plugin(&doc)["rootCaPath"]),
+        "/greengrass/v2/rootCA.pem"
+    );
+    let env = firstboot_env(&cfg).unwrap();
+    assert!(
+        env.contains("\nROOT_CA_PATH=/greengrass/v2/rootCA.pem\n"),
+        "{env}"
+    );
+    let env = firstboot_env(&config("")).unwrap();
+    assert!(
+        env.contains("\nROOT_CA_PATH=/greengrass/v2/AmazonRootCA1.pem\n"),
+        "{env}"
+    );
+}
+
+#[test]
+fn a_project_template_replaces_the_built_in_one_with_the_same_context() {
+    let cfg = config("thing_group = \"G\"\nmqtt_port = 443");
+    let own = "# site template\nservices:\n  aws.greengrass.FleetProvisioningByClaim:\n    configuration:\n      \
+               rootCaPath: {{ root_ca_path | json_encode() }}\n      port: {{ mqtt_port }}/{{ data_plane_port }}\n      \
+               templateParameters:\n        SerialNumber: \"{{ serial_placeholder }}\"\n";
+    let text = imgbuild_greengrass::render_plugin_config_from(
+        &cfg,
+        SERIAL_PLACEHOLDER,
+        own,
+        "template site.tera",
+    )
+    .expect("render own template");
+    assert!(text.starts_with("# site template\n"), "{text}");
+    assert!(
+        text.contains("port: 443/443") && text.contains("SerialNumber: \"@SERIAL_NUMBER@\""),
+        "{text}"
+    );
+    let err = imgbuild_greengrass::render_plugin_config_from(
+        &cfg,
+        SERIAL_PLACEHOLDER,
+        "x: {{ nope }}",
+        "template site.tera",
+    )
+    .expect_err("unknown variable")
+    .to_string();
+    assert!(
+        err.starts_with("template site.tera: rendering failed") && err.contains("nope"),
+        "{err}"
+    );
+    let err = imgbuild_greengrass::render_plugin_config_from(
+        &cfg,
+        SERIAL_PLACEHOLDER,
+        "x: 1\n",
+        "template site.tera",
+    )
+    .expect_err("no placeholder")
+    .to_string();
+    assert!(
+        err.contains("lacks the serial placeholder") && err.contains("serial_placeholder"),
+        "{err}"
+    );
+}
+
+#[test]
 fn hostile_parameter_values_survive_yaml_exactly() {
     let mut cfg = config("");
     let hostile = [
@@ -310,6 +394,36 @@ fn firstboot_settings_need_a_known_digest() {
         err.contains("plugin_sha256") && err.contains("sha256sum"),
         "{err}"
     );
+}
+
+#[test]
+fn payload_with_root_ca_installs_that_file_where_root_ca_path_points() {
+    let scratch = Scratch::new();
+    let key = scratch.key("key.pem", "p256");
+    let cert = scratch.valid_cert("cert.pem", &key);
+    let bundle = [
+        common::ca_pem("Test Root CA 3", true, 2030),
+        common::ca_pem("Proxy CA", true, 2031),
+    ]
+    .concat();
+    scratch.write("bundle.pem", bundle.as_bytes());
+    let cfg = common::parse(&common::section(&cert, &key, "root_ca = \"bundle.pem\"")).unwrap();
+    let (claim, _) = load_claim(&cfg, scratch.dir.path(), now()).unwrap();
+    let files = payload_files(&cfg, &claim).expect("payload");
+    let ca = files
+        .iter()
+        .find(|f| f.path == "/greengrass/v2/rootCA.pem")
+        .expect("root CA file");
+    assert_eq!((ca.mode, ca.contents.bytes()), (0o644, bundle.as_bytes()));
+    assert!(!files
+        .iter()
+        .any(|f| f.path == "/greengrass/v2/AmazonRootCA1.pem"));
+    let config = files
+        .iter()
+        .find(|f| f.path == "/etc/imgbuild/greengrass-config.yaml.in")
+        .unwrap();
+    let doc = parse_yaml(std::str::from_utf8(config.contents.bytes()).unwrap());
+    assert_eq!(string(&plugin(&doc)["rootCaPath"]), ca.path);
 }
 
 #[test]

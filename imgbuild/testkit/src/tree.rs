@@ -294,6 +294,33 @@ fn etc(root: &Path, layout: Layout, ids: &TreeIds) {
     );
     file(root, "etc/hosts", hosts.as_bytes(), 0o644);
     file(root, "etc/fstab", fstab(layout, ids).as_bytes(), 0o644);
+    // The dot files Debian's bash and base-files put in /etc/skel (adduser copies them to new homes).
+    let skel: [(&str, &[u8]); 3] = [
+        (
+            ".bashrc",
+            b"# ~/.bashrc: executed by bash(1) for non-login shells.\n",
+        ),
+        (
+            ".profile",
+            b"# ~/.profile: executed by the command interpreter for login shells.\n",
+        ),
+        (
+            ".bash_logout",
+            b"# ~/.bash_logout: executed by bash(1) when login shell exits.\n",
+        ),
+    ];
+    for (name, text) in skel {
+        file(root, &format!("etc/skel/{name}"), text, 0o644);
+    }
+    if layout == Layout::DebianRaspi {
+        // raspi-firmware's settings file (the package ships it with every line commented out).
+        file(
+            root,
+            "etc/default/raspi-firmware",
+            b"# CMA pool size\n#CMA=64M\n",
+            0o644,
+        );
+    }
     file(
         root,
         "usr/lib/os-release",

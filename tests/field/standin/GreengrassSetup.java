@@ -4,6 +4,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.security.MessageDigest;
 import java.util.ArrayList;
@@ -18,13 +19,19 @@ import java.util.Properties;
  *
  * <p>It checks what first boot hands it, the way the real installer would need it: the -Droot and
  * -Dlog.store properties, exactly the options --trusted-plugin (the pinned plugin jar), --init-config
- * (the rendered config: every expected line, the device's serial number, no placeholder left, claim
- * files present with the expected contents), --component-default-user ggc_user:ggc_group and
- * --setup-system-service true, the users and Docker/Java that earlier steps installed. Any mismatch:
- * a "FIELD-STANDIN ERROR" line and exit 1. With field.standin=fail on the kernel command line it fails
- * on purpose after the checks. Otherwise it writes what the real installer writes (root layout, loader,
- * effective config, greengrass.service enabled and started) plus the marker
- * ROOT/field-standin.marker, and exits 0.
+ * (the rendered config: every expected line, the device's serial number, no placeholder left),
+ * --component-default-user ggc_user:ggc_group and --setup-system-service true, the users and
+ * Docker/Java that earlier steps installed. Any mismatch: a "FIELD-STANDIN ERROR" line and exit 1.
+ *
+ * <p>Otherwise it does what the real installer does with --setup-system-service true
+ * (aws-greengrass/aws-greengrass-nucleus: easysetup/GreengrassSetup.java, SystemdUtils.java,
+ * scripts/greengrass.service.template) and nothing more: it lays out ROOT/alts/init/distro with the
+ * loader (here: the stand-in nucleus lib/field-nucleus.py and the AWS IoT Device SDK under lib/python,
+ * shipped in this zip), copies the init config to ROOT/config/config.yaml, writes
+ * /etc/systemd/system/greengrass.service from the real template, runs systemctl daemon-reload,
+ * unmask, stop, start, enable, and exits 0. It does NOT provision and does not open the claim
+ * certificate or key: the FleetProvisioningByClaim plugin does that later, inside the nucleus process
+ * that greengrass.service starts (field-nucleus.py). It writes the marker ROOT/field-standin.marker.
  *
  * <p>Expected values come from field-expect.properties inside this jar (written by tests/field/run.sh).
  */
@@ -64,10 +71,6 @@ public final class GreengrassSetup {
             for (String e : errors) {
                 System.out.println("FIELD-STANDIN ERROR: " + e);
             }
-            System.exit(1);
-        }
-        if (readOr("/proc/cmdline").contains("field.standin=fail")) {
-            System.out.println("FIELD-STANDIN ERROR: failing on purpose (field.standin=fail on the kernel command line)");
             System.exit(1);
         }
         install(Paths.get(root), opts.get("--init-config"), serial);
@@ -127,9 +130,6 @@ public final class GreengrassSetup {
             String want = expect.getProperty("config." + i);
             check(lines.contains(want), "the config lacks the line '" + want + "'");
         }
-        checkSha(expect.getProperty("claim_cert_path"), expect.getProperty("claim_cert_sha256"), "claim certificate");
-        checkSha(expect.getProperty("claim_key_path"), expect.getProperty("claim_key_sha256"), "claim key");
-        check(Files.isRegularFile(Paths.get(expect.getProperty("root_ca_path"))), "root CA missing");
     }
 
     /** A YAML "key: value" line without indentation and without quotes around key and value. */
@@ -166,31 +166,51 @@ public final class GreengrassSetup {
         check(Files.isRegularFile(Paths.get("/etc/sudoers.d/imgbuild-greengrass")), "no /etc/sudoers.d/imgbuild-greengrass");
     }
 
-    /** Writes what the real installer writes, then enables and starts greengrass.service. */
+    /** Writes what the real installer writes, then enables and starts greengrass.service; no provisioning. */
     private static void install(Path root, String initConfig, String serial) throws Exception {
-        Path bin = root.resolve("alts/init/distro/bin");
+        Path lib = Paths.get(GreengrassSetup.class.getProtectionDomain().getCodeSource().getLocation().toURI()).getParent();
+        Path distro = root.resolve("alts/init/distro");
+        copyTree(lib, distro.resolve("lib"));
+        Path bin = distro.resolve("bin");
         Files.createDirectories(bin);
         Path loader = bin.resolve("loader");
-        Files.writeString(loader, "#!/bin/sh\necho \"field stand-in nucleus running\"\nexec sleep infinity\n");
+        Files.writeString(loader, "#!/bin/sh\n# field test stand-in loader: the stand-in nucleus (lib/field-nucleus.py)\n"
+                + "PYTHONPATH=" + root + "/alts/current/distro/lib/python exec /usr/bin/python3 "
+                + root + "/alts/current/distro/lib/field-nucleus.py " + root + "\n");
         Files.setPosixFilePermissions(loader, PosixFilePermissions.fromString("rwxr-xr-x"));
         Path current = root.resolve("alts/current");
         Files.deleteIfExists(current);
         Files.createSymbolicLink(current, root.resolve("alts/init"));
         Files.createDirectories(root.resolve("config"));
-        Files.writeString(root.resolve("config/effectiveConfig.yaml"),
-                "system:\n  thingName: \"" + serial + "\"\n  rootpath: \"" + root + "\"\n"
-                        + Files.readString(Paths.get(initConfig)));
+        Files.copy(Paths.get(initConfig), root.resolve("config/config.yaml"), StandardCopyOption.REPLACE_EXISTING);
         Files.createDirectories(root.resolve("logs"));
-        Files.writeString(root.resolve("logs/greengrass.log"), "field stand-in installer: provisioned " + serial + "\n");
+        // scripts/greengrass.service.template of the nucleus, placeholders filled as SystemdUtils does
         Files.writeString(Paths.get("/etc/systemd/system/greengrass.service"),
-                "[Unit]\nDescription=Greengrass Core (field test stand-in)\nAfter=network.target\n\n"
+                "[Unit]\nDescription=Greengrass Core\nAfter=network.target\nAfter=time-sync.target\n\n"
                         + "[Service]\nType=simple\nPIDFile=" + root + "/alts/loader.pid\nRemainAfterExit=no\n"
-                        + "Restart=on-failure\nRestartSec=10\nExecStart=/bin/sh " + root + "/alts/current/distro/bin/loader\n\n"
+                        + "Restart=on-failure\nRestartSec=10\n"
+                        + "ExecStart=/bin/sh -c \"exec " + root + "/alts/current/distro/bin/loader >> " + root
+                        + "/logs/loader.log 2>&1\"\nKillMode=mixed\n\n"
                         + "[Install]\nWantedBy=multi-user.target\n");
         run("systemctl", "daemon-reload");
-        run("systemctl", "enable", "greengrass.service");
+        run("systemctl", "unmask", "greengrass.service");
+        run("systemctl", "stop", "greengrass.service");
         run("systemctl", "start", "greengrass.service");
+        run("systemctl", "enable", "greengrass.service");
         Files.writeString(root.resolve("field-standin.marker"), "serial=" + serial + "\n");
+    }
+
+    private static void copyTree(Path from, Path to) throws IOException {
+        try (java.util.stream.Stream<Path> paths = Files.walk(from)) {
+            for (Path p : (Iterable<Path>) paths::iterator) {
+                Path dest = to.resolve(from.relativize(p).toString());
+                if (Files.isDirectory(p)) {
+                    Files.createDirectories(dest);
+                } else {
+                    Files.copy(p, dest, StandardCopyOption.REPLACE_EXISTING);
+                }
+            }
+        }
     }
 
     private static void run(String... cmd) throws Exception {

@@ -206,3 +206,19 @@ pub fn assert_no_secret(text: &str, lines: &[String]) {
         }
     }
 }
+
+/// A self-signed certificate (PEM) named `cn`, a CA when `ca`, valid 2024-01-01 until January 1 of `until`.
+pub fn ca_pem(cn: &str, ca: bool, until: i32) -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(until, 1, 1);
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    params.self_signed(&key).expect("self-signed").pem()
+}
