@@ -29,10 +29,11 @@ RUN cargo build --release --locked -p imgbuild \
 FROM debian:bookworm-slim
 
 # Runtime libraries of the binary: libext2fs + libcom_err (e2fsprogs, dynamic); liblzma and zstd
-# are linked statically. ca-certificates: HTTPS to AWS and to base-image downloads.
+# are linked statically. ca-certificates: HTTPS to AWS and to base-image downloads. e2fsprogs
+# (e2fsck) and dosfstools (fsck.vfat) check the base's file systems before anything is written.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libext2fs2 libcom-err2 ca-certificates \
+ && apt-get install -y --no-install-recommends libext2fs2 libcom-err2 ca-certificates e2fsprogs dosfstools \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --no-create-home --home-dir /work --shell /usr/sbin/nologin imgbuild
 

@@ -10,6 +10,10 @@ other request to moto unchanged:
     GET    /provisioning-templates                  ListProvisioningTemplates
     GET    /provisioning-templates/{name}           DescribeProvisioningTemplate
     DELETE /provisioning-templates/{name}           DeleteProvisioningTemplate
+    POST   /dynamic-thing-groups/{name}             CreateDynamicThingGroup
+    DELETE /dynamic-thing-groups/{name}             DeleteDynamicThingGroup
+    (moto's DescribeThingGroup, ListThingsInThingGroup, Add/RemoveThingToThingGroup are
+    adjusted for dynamic groups: see the "dynamic thing groups" section)
   Greengrass v2 (signing name "greengrass", paths under /greengrass/v2/):
     POST   /greengrass/v2/deployments               CreateDeployment
     GET    /greengrass/v2/deployments               ListDeployments
@@ -17,10 +21,19 @@ other request to moto unchanged:
     GET    /greengrass/v2/coreDevices               ListCoreDevices
     GET    /greengrass/v2/coreDevices/{name}        GetCoreDevice
     DELETE /greengrass/v2/coreDevices/{name}        DeleteCoreDevice
+    GET    /greengrass/v2/coreDevices/{name}/effectiveDeployments  ListEffectiveDeployments
+    POST   /greengrass/v2/createComponentVersion    CreateComponentVersion (inline recipe)
+    GET    /greengrass/v2/components                ListComponents (scope PRIVATE|PUBLIC)
+    GET    /greengrass/v2/components/{arn}/versions ListComponentVersions
   S3 ListParts: moto's answer is passed through with its root element renamed from
     ListPartsResponse to ListPartsResult (what AWS sends and the Rust SDK requires).
   Test seeding (unsigned, not an AWS API: a core device registers itself on AWS):
     POST   /_shim/greengrass/v2/coreDevices/{name}  creates a HEALTHY core device
+    POST   /_shim/greengrass/v2/coreDevices/{name}/behaviour  {"outcome": "SUCCEEDED"|"FAILED"|
+           "REJECTED"|"OFFLINE", "reason": "..."}: how this device handles later deployments
+    POST   /_shim/faults  {"method": "DELETE", "path": "^/certificates/", "times": 1,
+           "status": 403, "code": "AccessDeniedException"}: the next matching requests fail
+           (before they reach moto or the routes above), e.g. to interrupt a run midway
 
 Usage: python moto_shim.py [--host 127.0.0.1] [--port 0] [--exit-on-stdin-eof]
 With port 0 the system picks a free port. Once the socket is listening the shim prints
@@ -29,6 +42,8 @@ test harness waits for.
 """
 
 import argparse
+import base64
+import io
 import json
 import os
 import re
@@ -38,7 +53,10 @@ import time
 import uuid
 from urllib.parse import parse_qs, unquote
 
+import yaml
 from werkzeug.serving import make_server
+
+from moto.iot.models import iot_backends
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -131,10 +149,15 @@ class Store:
         if not target:
             raise Reply(400, {"message": "targetArn is required"}, "ValidationException")
         deployment_id = str(uuid.uuid4())
+        job_id = str(uuid.uuid4())
         with self.lock:
             for d in self.deployments:
                 if d["targetArn"] == target:
                     d["isLatestForTarget"] = False
+                    # A new revision replaces the previous one: its IoT job is cancelled
+                    # (developer guide, "Check deployment status").
+                    if d["deploymentStatus"] == "ACTIVE":
+                        d["deploymentStatus"] = "INACTIVE"
             revision = 1 + sum(1 for d in self.deployments if d["targetArn"] == target)
             self.deployments.append(
                 {
@@ -149,9 +172,9 @@ class Store:
                     "deploymentPolicies": body.get("deploymentPolicies", {}),
                     "iotJobConfiguration": body.get("iotJobConfiguration", {}),
                     "tags": body.get("tags", {}),
+                    "iotJobId": job_id,
                 }
             )
-        job_id = str(uuid.uuid4())
         return 201, {
             "deploymentId": deployment_id,
             "iotJobId": job_id,
@@ -209,6 +232,385 @@ class Store:
             if self.core_devices.pop(name, None) is None:
                 raise not_found(f"core device {name}")
         return 204, None
+
+
+
+# --- fleet operations (issue 14): deployments that report, components, dynamic groups, faults ---
+#
+# Read first (AWS IoT Greengrass V2 API reference and developer guide):
+#  - ListEffectiveDeployments (GET /greengrass/v2/coreDevices/{name}/effectiveDeployments):
+#    per core device, each deployment job with coreDeviceExecutionStatus IN_PROGRESS | QUEUED |
+#    FAILED | COMPLETED | TIMED_OUT | CANCELED | REJECTED | SUCCEEDED, reason, statusDetails
+#    {errorStack, errorTypes}, creation/modified timestamps. Devices report asynchronously: a job
+#    is QUEUED until the device takes it, IN_PROGRESS while it applies it, then terminal; an
+#    offline device stays QUEUED. A new revision for the same target cancels the previous job.
+#  - ListCoreDevices thingGroupArn: "only core devices that have successfully deployed a
+#    deployment that targets the thing group"; removed devices stay listed.
+#  - Core devices send a status update when they receive a deployment and when a component
+#    breaks (status HEALTHY | UNHEALTHY, lastStatusUpdateTimestamp).
+#  - ListComponentVersions (GET /greengrass/v2/components/{arn}/versions): greater versions
+#    first; arn pattern arn:PARTITION:greengrass:REGION:(aws|ACCOUNT):components:NAME, "aws" for
+#    public components. ListComponents (GET /greengrass/v2/components?scope=PRIVATE|PUBLIC)
+#    gives each component's latestVersion. CreateComponentVersion (POST
+#    /greengrass/v2/createComponentVersion) takes a base64 inlineRecipe (JSON or YAML) and
+#    answers 201 with the component version ARN; an existing version is a ConflictException.
+#  - IoT DescribeThingGroup answers dynamic groups with indexName, queryString, queryVersion
+#    and status ACTIVE|BUILDING|REBUILDING; CreateDynamicThingGroup is
+#    POST /dynamic-thing-groups/{name} (default index AWS_Things, query version 2017-09-30);
+#    things cannot be added to or removed from a dynamic group by hand.
+# Each ListEffectiveDeployments call moves the caller's pending jobs on by one step, so tests
+# see QUEUED -> IN_PROGRESS -> terminal over successive polls, as a poller does on AWS.
+
+# A small public catalog (versions as AWS publishes them; the tests only need more than one).
+PUBLIC_COMPONENTS = {
+    "aws.greengrass.Nucleus": ["2.14.3", "2.15.0", "2.16.0"],
+    "aws.greengrass.Cli": ["2.14.3", "2.15.0", "2.16.0"],
+    "aws.greengrass.LogManager": ["2.3.8", "2.3.9"],
+}
+
+FAILURE_DETAILS = {
+    "FAILED": {
+        "errorStack": ["DEPLOYMENT_FAILURE", "COMPONENT_UPDATE_ERROR", "COMPONENT_BROKEN"],
+        "errorTypes": ["COMPONENT_ERROR"],
+    },
+    "REJECTED": {"errorStack": ["DEPLOYMENT_REJECTED"], "errorTypes": ["REQUEST_ERROR"]},
+}
+
+
+def version_key(version):
+    """Semantic-version sort key (prereleases sort before the release)."""
+    core, _, pre = version.partition("-")
+    nums = []
+    for part in core.split("."):
+        nums.append(int(part) if part.isdigit() else 0)
+    return (nums, pre == "", pre)
+
+
+class Ops:
+    """Greengrass deployment jobs per device, components, dynamic thing groups, faults."""
+
+    def __init__(self, store):
+        self.store = store
+        self.lock = store.lock
+        self.jobs = {}  # (deploymentId, thing) -> job dict
+        self.behaviour = {}  # thing -> {"outcome": ..., "reason": ...}
+        self.succeeded_targets = {}  # thing -> set of target ARNs deployed successfully
+        self.components = {}  # component ARN (no version) -> {"name", "public", "versions": {}}
+        self.dynamic_groups = {}  # name -> {"queryString", "indexName", "queryVersion"}
+        self.faults = []
+
+    # --- faults ---------------------------------------------------------------------------
+    def add_fault(self, body):
+        fault = {
+            "method": body.get("method", "GET"),
+            "path": re.compile(body.get("path", "^/")),
+            "times": int(body.get("times", 1)),
+            "status": int(body.get("status", 403)),
+            "code": body.get("code", "AccessDeniedException"),
+        }
+        with self.lock:
+            self.faults.append(fault)
+        return 200, {}
+
+    def take_fault(self, method, path):
+        with self.lock:
+            for f in self.faults:
+                if f["times"] > 0 and f["method"] == method and f["path"].search(path):
+                    f["times"] -= 1
+                    return Reply(
+                        f["status"],
+                        {"message": f"injected by the test: {method} {path} fails"},
+                        f["code"],
+                    )
+        return None
+
+    # --- dynamic thing groups ---------------------------------------------------------------
+    def create_dynamic_group(self, region, name, body):
+        query = body.get("queryString")
+        if not query:
+            raise Reply(400, {"message": "queryString is required"}, "InvalidRequestException")
+        backend = iot_backends[ACCOUNT_ID][region]
+        _, arn, group_id = backend.create_thing_group(name, None, body.get("thingGroupProperties") or {})
+        info = {
+            "indexName": body.get("indexName", "AWS_Things"),
+            "queryString": query,
+            "queryVersion": body.get("queryVersion", "2017-09-30"),
+        }
+        with self.lock:
+            self.dynamic_groups[name] = info
+        return 200, dict(info, thingGroupName=name, thingGroupArn=arn, thingGroupId=group_id)
+
+    def delete_dynamic_group(self, region, name):
+        with self.lock:
+            if self.dynamic_groups.pop(name, None) is None:
+                raise not_found(f"dynamic thing group {name}")
+        iot_backends[ACCOUNT_ID][region].delete_thing_group(name)
+        return 200, {}
+
+    def group_members(self, region, name):
+        backend = iot_backends[ACCOUNT_ID][region]
+        dynamic = self.dynamic_groups.get(name)
+        if dynamic:
+            return sorted(t["thingName"] for t in backend.search_index(dynamic["queryString"]))
+        try:
+            return sorted(t.thing_name for t in backend.list_things_in_thing_group(name))
+        except Exception:  # the group is gone
+            return []
+
+    # --- components -------------------------------------------------------------------------
+    def _catalog(self, region):
+        """The public components of a region (created on first use)."""
+        for name, versions in PUBLIC_COMPONENTS.items():
+            arn = f"arn:aws:greengrass:{region}:aws:components:{name}"
+            if arn not in self.components:
+                self.components[arn] = {
+                    "name": name,
+                    "public": True,
+                    "versions": {v: {"creationTimestamp": now()} for v in versions},
+                }
+
+    def create_component_version(self, region, body):
+        try:
+            text = base64.b64decode(body.get("inlineRecipe", ""), validate=True).decode()
+            recipe = yaml.safe_load(text)  # YAML is a superset of JSON
+        except Exception as err:
+            raise Reply(400, {"message": f"inlineRecipe is not a base64 JSON/YAML recipe: {err}"}, "ValidationException")
+        if not isinstance(recipe, dict) or not recipe.get("ComponentName") or not recipe.get("ComponentVersion"):
+            raise Reply(400, {"message": "the recipe needs ComponentName and ComponentVersion"}, "ValidationException")
+        name, version = str(recipe["ComponentName"]), str(recipe["ComponentVersion"])
+        arn = f"arn:aws:greengrass:{region}:{ACCOUNT_ID}:components:{name}"
+        with self.lock:
+            component = self.components.setdefault(arn, {"name": name, "public": False, "versions": {}})
+            if version in component["versions"]:
+                raise Reply(409, {"message": f"component version {name} {version} already exists"}, "ConflictException")
+            created = now()
+            component["versions"][version] = {"creationTimestamp": created}
+        return 201, {
+            "arn": f"{arn}:versions:{version}",
+            "componentName": name,
+            "componentVersion": version,
+            "creationTimestamp": created,
+            "status": {"componentState": "DEPLOYABLE", "message": "NONE", "errors": {}},
+        }
+
+    def list_components(self, region, query):
+        scope = query.get("scope", ["PRIVATE"])[0]
+        with self.lock:
+            self._catalog(region)
+            items = []
+            for arn, c in sorted(self.components.items()):
+                if c["public"] != (scope == "PUBLIC") or f":{region}:" not in arn or not c["versions"]:
+                    continue
+                latest = max(c["versions"], key=version_key)
+                items.append(
+                    {
+                        "arn": arn,
+                        "componentName": c["name"],
+                        "latestVersion": {
+                            "arn": f"{arn}:versions:{latest}",
+                            "componentVersion": latest,
+                            "creationTimestamp": c["versions"][latest]["creationTimestamp"],
+                            "publisher": "AWS" if c["public"] else "",
+                        },
+                    }
+                )
+        return 200, {"components": items}
+
+    def list_component_versions(self, region, arn):
+        with self.lock:
+            self._catalog(region)
+            component = self.components.get(arn)
+            if component is None:
+                raise not_found(f"component {arn}")
+            versions = sorted(component["versions"], key=version_key, reverse=True)
+        return 200, {
+            "componentVersions": [
+                {"componentName": component["name"], "componentVersion": v, "arn": f"{arn}:versions:{v}"}
+                for v in versions
+            ]
+        }
+
+    # --- deployment jobs per core device ----------------------------------------------------
+    def set_behaviour(self, thing, body):
+        outcome = body.get("outcome", "SUCCEEDED")
+        if outcome not in ("SUCCEEDED", "FAILED", "REJECTED", "OFFLINE"):
+            raise Reply(400, {"message": f"unknown outcome {outcome}"}, "ValidationException")
+        with self.lock:
+            self.behaviour[thing] = {"outcome": outcome, "reason": body.get("reason", "")}
+        return 200, {}
+
+    def _targets(self, thing, region):
+        """ARNs a deployment may target to reach `thing`: the thing and its groups."""
+        backend = iot_backends[ACCOUNT_ID][region]
+        arns = set()
+        try:
+            arns.add(backend.describe_thing(thing).arn)
+        except Exception:
+            return arns
+        for group in list(backend.thing_groups.values()):
+            if thing in self.group_members(region, group.thing_group_name):
+                arns.add(group.arn)
+        return arns
+
+    def list_effective_deployments(self, region, thing):
+        with self.lock:
+            if thing not in self.store.core_devices:
+                raise not_found(f"core device {thing}")
+        targets = self._targets(thing, region)
+        with self.lock:
+            for d in self.store.deployments:
+                key = (d["deploymentId"], thing)
+                if key in self.jobs:
+                    continue
+                # A device gets the latest revision of each deployment that targets it.
+                if d["targetArn"] in targets and d["isLatestForTarget"] and d["deploymentStatus"] == "ACTIVE":
+                    self.jobs[key] = {
+                        "deployment": d,
+                        "status": "QUEUED",
+                        "reason": "",
+                        "creationTimestamp": now(),
+                        "modifiedTimestamp": now(),
+                        "fresh": True,  # reported QUEUED once before the device moves on
+                    }
+            items = []
+            for (deployment_id, job_thing), job in self.jobs.items():
+                if job_thing != thing:
+                    continue
+                if not job.pop("fresh", False):
+                    self._advance(thing, job)
+                d = job["deployment"]
+                item = {
+                    "deploymentId": deployment_id,
+                    "deploymentName": d["deploymentName"],
+                    "iotJobId": d.get("iotJobId", ""),
+                    "iotJobArn": f"arn:aws:iot:{region}:{ACCOUNT_ID}:job/{d.get('iotJobId', '')}",
+                    "targetArn": d["targetArn"],
+                    "coreDeviceExecutionStatus": job["status"],
+                    "reason": job["reason"],
+                    "creationTimestamp": job["creationTimestamp"],
+                    "modifiedTimestamp": job["modifiedTimestamp"],
+                }
+                if job["status"] in FAILURE_DETAILS:
+                    item["statusDetails"] = FAILURE_DETAILS[job["status"]]
+                items.append(item)
+        return 200, {"effectiveDeployments": items}
+
+    def _advance(self, thing, job):
+        """One step of the device's work on a job (called with the lock held)."""
+        status = job["status"]
+        if status not in ("QUEUED", "IN_PROGRESS"):
+            return
+        d = job["deployment"]
+        if d["deploymentStatus"] != "ACTIVE":
+            status, reason = "CANCELED", "a newer revision of the deployment replaced it"
+        else:
+            behaviour = self.behaviour.get(thing, {"outcome": "SUCCEEDED", "reason": ""})
+            outcome = behaviour["outcome"]
+            if outcome == "OFFLINE":
+                return
+            if status == "QUEUED":
+                status, reason = "IN_PROGRESS", ""
+            elif outcome == "SUCCEEDED":
+                status, reason = "SUCCEEDED", "SUCCESSFUL"
+            else:
+                status, reason = outcome, behaviour["reason"] or f"the device reported {outcome}"
+        job["status"], job["reason"], job["modifiedTimestamp"] = status, reason, now()
+        core = self.store.core_devices.get(thing)
+        if status in ("SUCCEEDED", "FAILED") and core is not None:
+            core["lastStatusUpdateTimestamp"] = now()
+            core["status"] = "HEALTHY" if status == "SUCCEEDED" else "UNHEALTHY"
+        if status == "SUCCEEDED":
+            self.succeeded_targets.setdefault(thing, set()).add(d["targetArn"])
+
+    def list_core_devices(self, query):
+        group_arn = query.get("thingGroupArn", [None])[0]
+        status = query.get("status", [None])[0]
+        with self.lock:
+            items = [
+                dict(c)
+                for name, c in sorted(self.store.core_devices.items())
+                if (group_arn is None or group_arn in self.succeeded_targets.get(name, ()))
+                and (status is None or c["status"] == status)
+            ]
+        return 200, {"coreDevices": items}
+
+
+def ops_route(ops, environ):
+    """Answers the fleet-operation routes, or None to go on with `route`."""
+    method = environ["REQUEST_METHOD"]
+    path = environ.get("PATH_INFO", "")
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    region, service = signing_scope(environ)
+    region = region or DEFAULT_REGION
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+
+    if parts == ["_shim", "faults"] and method == "POST":
+        return ops.add_fault(read_json(environ))
+    if parts[:4] == ["_shim", "greengrass", "v2", "coreDevices"] and len(parts) == 6 and parts[5] == "behaviour":
+        return ops.set_behaviour(parts[4], read_json(environ))
+    if service == "iot" and parts[0] == "dynamic-thing-groups" and len(parts) == 2:
+        if method == "POST":
+            return ops.create_dynamic_group(region, parts[1], read_json(environ))
+        if method == "DELETE":
+            return ops.delete_dynamic_group(region, parts[1])
+    if service == "iot" and parts[:1] == ["thing-groups"] and len(parts) == 3 and parts[2] == "things":
+        if parts[1] in ops.dynamic_groups and method == "GET":
+            return 200, {"things": ops.group_members(region, parts[1])}
+    if service == "greengrass" and parts[:2] == ["greengrass", "v2"] and len(parts) >= 3:
+        resource, rest = parts[2], parts[3:]
+        if resource == "coreDevices" and len(rest) == 2 and rest[1] == "effectiveDeployments" and method == "GET":
+            return ops.list_effective_deployments(region, rest[0])
+        if resource == "coreDevices" and not rest and method == "GET":
+            return ops.list_core_devices(query)
+        if resource == "createComponentVersion" and not rest and method == "POST":
+            return ops.create_component_version(region, read_json(environ))
+        if resource == "components" and not rest and method == "GET":
+            return ops.list_components(region, query)
+        if resource == "components" and len(rest) == 2 and rest[1] == "versions" and method == "GET":
+            return ops.list_component_versions(region, rest[0])
+    return None
+
+
+def dynamic_group_of_request(ops, environ):
+    """For moto-answered thing-group calls: the dynamic group a request names, if any."""
+    region, service = signing_scope(environ)
+    if service != "iot":
+        return None, None
+    path = environ.get("PATH_INFO", "")
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+    method = environ["REQUEST_METHOD"]
+    if parts[:1] == ["thing-groups"] and len(parts) == 2:
+        if parts[1] in ("addThingToThingGroup", "removeThingFromThingGroup") and method == "PUT":
+            # Read the body and put it back for moto.
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(raw)
+            try:
+                name = json.loads(raw or b"{}").get("thingGroupName")
+            except ValueError:
+                name = None
+            if name in ops.dynamic_groups:
+                return name, "membership"
+        elif method == "GET" and parts[1] in ops.dynamic_groups:
+            return parts[1], "describe"
+    return None, None
+
+
+def call_moto_json(app, environ):
+    """Calls moto and returns (status line, headers, decoded JSON body)."""
+    captured = {}
+
+    def capture(status, headers, exc_info=None):
+        captured["status"], captured["headers"] = status, headers
+        return lambda data: None
+
+    chunks = app(environ, capture)
+    try:
+        body = b"".join(chunks)
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
+    return captured["status"], captured["headers"], json.loads(body or b"{}")
 
 
 def signing_scope(environ):
@@ -315,11 +717,34 @@ class ShimApp:
     def __init__(self, moto_app):
         self.moto_app = moto_app
         self.store = Store()
+        self.ops = Ops(self.store)
+
+    def ops_answer(self, environ):
+        """Injected faults, the fleet-operation routes, and moto's answers for dynamic groups."""
+        path = environ.get("PATH_INFO", "")
+        fault = None if path.startswith("/_shim/") else self.ops.take_fault(environ["REQUEST_METHOD"], path)
+        if fault is not None:
+            raise fault
+        answer = ops_route(self.ops, environ)
+        if answer is not None:
+            return answer
+        name, kind = dynamic_group_of_request(self.ops, environ)
+        if kind == "membership":
+            raise Reply(
+                400,
+                {"message": f"Cannot add or remove things of dynamic thing group {name}: its members follow its query"},
+                "InvalidRequestException",
+            )
+        if kind == "describe":
+            return 200, "moto-describe"
+        return None
 
     def __call__(self, environ, start_response):
         headers = [("Content-Type", "application/json"), ("x-amzn-RequestId", str(uuid.uuid4()))]
         try:
-            answer = route(self.store, environ)
+            answer = self.ops_answer(environ)
+            if answer is None:
+                answer = route(self.store, environ)
         except Reply as reply:
             answer = (reply.status, dict(reply.body, __type=reply.error_type))
             if reply.error_type:
@@ -329,6 +754,14 @@ class ShimApp:
                 return fix_list_parts(self.moto_app, environ, start_response)
             return self.moto_app(environ, start_response)
         status, body = answer
+        if body == "moto-describe":
+            # A dynamic group: moto's DescribeThingGroup plus the dynamic fields AWS sends.
+            status_line, _, described = call_moto_json(self.moto_app, environ)
+            status = int(status_line.split()[0])
+            if status == 200:
+                name = described.get("thingGroupName")
+                described.update(self.ops.dynamic_groups.get(name, {}), status="ACTIVE")
+            body = described
         payload = b"" if body is None else json.dumps(body).encode()
         headers.append(("Content-Length", str(len(payload))))
         start_response(f"{status} {STATUS_TEXT.get(status, 'Status')}", headers)

@@ -96,6 +96,10 @@ struct BuildArgs {
     /// Expected sha256 of --base (required for a URL unless --insecure-no-verify).
     #[arg(long)]
     base_sha256: Option<String>,
+    /// Expected sha512 of --base, as publishers that list only SHA512SUMS give it (Debian's
+    /// cloud images); checked together with --base-sha256 when both are given.
+    #[arg(long)]
+    base_sha512: Option<String>,
     #[command(flatten)]
     cache: CacheArgs,
     /// Allow a --base URL without a hash (recorded in manifest.json).
@@ -175,7 +179,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("imgbuild: error: {e}");
             ExitCode::FAILURE
@@ -199,7 +203,7 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     let boards_dir = cli.global.boards_dir.as_deref();
     match cli.command {
         Some(Command::Build(args)) => build(&args, boards_dir),
@@ -223,7 +227,22 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "cloud")]
         Some(Command::Upload(args)) => args.run().map_err(|e| Error::msg(e.to_string())),
         #[cfg(feature = "cloud")]
-        Some(Command::Cloud(cmd)) => cmd.run().map_err(|e| Error::msg(e.to_string())),
+        Some(Command::Cloud(cmd)) => return cloud_status(cmd),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `imgbuild cloud …`; an error that calls for a status other than 1 (`deploy --wait`:
+/// 3 a device failed, 4 one timed out) is printed here and becomes the exit status.
+#[cfg(feature = "cloud")]
+fn cloud_status(cmd: imgbuild_cloud::CloudCommand) -> Result<ExitCode> {
+    match cmd.run() {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.exit_code() == 1 => Err(Error::msg(e.to_string())),
+        Err(e) => {
+            eprintln!("imgbuild: error: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
     }
 }
 
@@ -249,7 +268,10 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
                 .map_err(err)?;
             let pinned: Vec<String> = board::load_all(boards_dir)?
                 .values()
-                .map(|b| b.base.sha256.clone())
+                .filter_map(|b| match b.base.sha256.is_empty() {
+                    false => Some(b.base.sha256.clone()),
+                    true => c.sha256_of_sha512(&b.base.sha512),
+                })
                 .collect();
             let report = c
                 .prune(|e| keep_pinned && pinned.contains(&e.key))
@@ -281,10 +303,10 @@ fn list_boards(dir: Option<&Path>, json: bool) -> Result<()> {
             .size
             .map(|s| format!("{:.0} MiB", s as f64 / 1048576.0))
             .unwrap_or_else(|| "size ?".into());
-        let pinned = if b.base.sha256.is_empty() {
-            "sha256 not pinned"
-        } else {
-            "sha256 pinned"
+        let pinned = match (b.base.sha256.is_empty(), b.base.sha512.is_empty()) {
+            (true, true) => "not pinned",
+            (false, _) => "sha256 pinned",
+            (true, false) => "sha512 pinned",
         };
         println!(
             "{:<14} {}\n{:<14} {} ({size}, {pinned})",
@@ -408,6 +430,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     let base_req = BaseRequest {
         base: args.base.clone(),
         sha256: args.base_sha256.clone(),
+        sha512: args.base_sha512.clone(),
         cache_dir: args.cache.cache_dir.clone(),
         offline: args.cache.offline,
         insecure_no_verify: args.insecure_no_verify,

@@ -180,3 +180,227 @@ fn config_errors_name_what_is_wrong() {
     );
     fails(&base, "nosuchboard", "", &["unknown board", "rpi4-debian"]);
 }
+
+/// Runs debugfs with a write request on the root file system of `base`.
+fn debugfs_write(base: &Path, offset: u64, request: &str) {
+    let spec = format!("{}?offset={offset}", base.display());
+    let o = run(Command::new("debugfs")
+        .args(["-w", "-R", request])
+        .arg(&spec));
+    assert!(o.status.success(), "debugfs {request}: {o:?}");
+}
+
+/// The first block of the block bitmap of group 0 of the root file system, from debugfs.
+fn block_bitmap_block(base: &Path, offset: u64) -> u64 {
+    let spec = format!("{}?offset={offset}", base.display());
+    let o = run(Command::new("debugfs").args(["-R", "stats"]).arg(&spec));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("block bitmap at"))
+        .unwrap_or_else(|| panic!("no group 0 in debugfs stats: {text}"));
+    let after = line.split("block bitmap at ").nth(1).expect("field");
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad debugfs line {line}"))
+}
+
+#[test]
+fn root_with_used_blocks_marked_free_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let base = copy_base(&f, dir.path(), "base.img");
+    // Blocks of a file in use, marked free with valid checksums: exactly what would make the
+    // patch stage allocate (and overwrite) live data.
+    let spec = format!("{}?offset={}", base.display(), f.root.offset_bytes);
+    let o = run(Command::new("debugfs")
+        .args(["-R", "blocks /etc/passwd"])
+        .arg(&spec));
+    let first: u64 = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|b| b.parse().ok())
+        .expect("a data block of /etc/passwd");
+    debugfs_write(&base, f.root.offset_bytes, &format!("freeb {first} 1"));
+    assert!(!imgbuild_testkit::e2fsck_clean(&base, f.root.offset_bytes).0);
+    fails(
+        &base,
+        "rpi4",
+        "hostname = \"x\"\n",
+        &["partition 2 (root, ext4) is not clean", "e2fsck", "bitmap"],
+    );
+}
+
+#[test]
+fn root_with_a_corrupt_block_bitmap_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let base = copy_base(&f, dir.path(), "base.img");
+    // Overwrite group 0's block bitmap with zeros behind libext2fs's back (no checksum update).
+    let bitmap = block_bitmap_block(&base, f.root.offset_bytes);
+    let at = f.root.offset_bytes + bitmap * u64::from(f.ext4_block_size);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&base)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; 512], at).expect("write");
+    drop(file);
+    assert!(!imgbuild_testkit::e2fsck_clean(&base, f.root.offset_bytes).0);
+    fails(
+        &base,
+        "rpi4",
+        "hostname = \"x\"\n",
+        &["partition 2 (root, ext4) is not clean", "e2fsck"],
+    );
+}
+
+#[test]
+fn boot_fat_with_a_broken_cluster_chain_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let base = copy_base(&f, dir.path(), "base.img");
+    // Mark every cluster of the first FAT free except the reserved entries (the second FAT
+    // still has the chains): files now point at free clusters.
+    let mut sector = [0u8; 512];
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&base)
+        .expect("open");
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(&mut sector, f.boot.offset_bytes)
+        .expect("read boot sector");
+    let bytes_per_sector = u64::from(u16::from_le_bytes([sector[11], sector[12]]));
+    let reserved = u64::from(u16::from_le_bytes([sector[14], sector[15]]));
+    let fat = f.boot.offset_bytes + reserved * bytes_per_sector;
+    file.write_all_at(&[0u8; 4096], fat + 16).expect("write");
+    drop(file);
+    assert!(!imgbuild_testkit::fsck_vfat_clean(&base, f.boot.offset_bytes).0);
+    fails(
+        &base,
+        "rpi4",
+        "hostname = \"x\"\n",
+        &["partition 1 (boot, vfat) is not clean", "fsck.vfat"],
+    );
+}
+
+#[test]
+fn install_section_naming_a_path_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = rpi_base(dir.path());
+    for (key, value) in [
+        ("Alias", "../../../etc/shadow"),
+        ("WantedBy", "../../../etc/x.target"),
+        ("Alias", "../../.."),
+    ] {
+        let units = dir.path().join("ov/etc/systemd/system");
+        std::fs::create_dir_all(&units).expect("mkdir");
+        std::fs::write(
+            units.join("evil.service"),
+            format!("[Service]\nExecStart=/bin/true\n[Install]\n{key}={value}\n"),
+        )
+        .expect("write");
+        fails(
+            &base,
+            "rpi4",
+            "overlays = [\"ov\"]\n[systemd]\nenable = [\"evil.service\"]\n",
+            &["evil.service", &format!("{key}={value}"), "not a unit name"],
+        );
+    }
+}
+
+#[test]
+fn templates_cannot_read_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = rpi_base(dir.path());
+    std::fs::create_dir_all(dir.path().join("templates")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("templates/t.tera"),
+        "{{ get_env(name=\"HOME\") }}",
+    )
+    .expect("write");
+    fails(
+        &base,
+        "rpi4",
+        "[[template]]\nsource = \"t.tera\"\npath = \"/etc/t\"\n",
+        &["t.tera", "get_env() is disabled"],
+    );
+}
+
+#[test]
+fn a_clean_verdict_is_remembered_by_the_base_sha256() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = rpi_base(dir.path());
+    let cache = dir.path().join("cache");
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"v\"\n").expect("config");
+    let build = |out: &str| {
+        let o = imgbuild(
+            dir.path(),
+            &[
+                "-v",
+                "--board",
+                "rpi4",
+                "--base",
+                base.to_str().expect("utf8"),
+                "--cache-dir",
+                cache.to_str().expect("utf8"),
+                "--out",
+                out,
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        stderr
+    };
+    let first = build("a");
+    assert!(!first.contains("known clean"), "{first}");
+    let verdicts: Vec<String> = std::fs::read_dir(cache.join("verdicts"))
+        .expect("verdicts dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert!(
+        verdicts[0].starts_with(&sha256_file(&base)),
+        "keyed by the base's sha256: {verdicts:?}"
+    );
+    let second = build("b");
+    assert!(second.contains("file systems known clean"), "{second}");
+    // A damaged copy (another sha256) is checked, refused, and not remembered.
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let bad = copy_base(&f, dir.path(), "bad.img");
+    let spec = format!("{}?offset={}", bad.display(), f.root.offset_bytes);
+    let o = run(Command::new("debugfs")
+        .args(["-R", "blocks /etc/passwd"])
+        .arg(&spec));
+    let first_block = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .expect("a block");
+    debugfs_write(&bad, f.root.offset_bytes, &format!("freeb {first_block} 1"));
+    for _ in 0..2 {
+        let o = imgbuild(
+            dir.path(),
+            &[
+                "--board",
+                "rpi4",
+                "--base",
+                bad.to_str().expect("utf8"),
+                "--cache-dir",
+                cache.to_str().expect("utf8"),
+                "--out",
+                "c",
+            ],
+        );
+        assert_fails(&o, &dir.path().join("c"), &["is not clean"]);
+    }
+    assert_eq!(
+        std::fs::read_dir(cache.join("verdicts"))
+            .expect("dir")
+            .count(),
+        1
+    );
+}

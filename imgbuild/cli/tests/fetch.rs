@@ -124,3 +124,105 @@ fn wrong_hash_or_no_hash_is_refused() {
     );
     assert_fails(&o, &dir.path().join("dist"), &["--insecure-no-verify"]);
 }
+
+/// `sha512sum FILE`, the oracle.
+fn sha512_file(path: &std::path::Path) -> String {
+    let o = imgbuild_testkit::run_ok(std::process::Command::new("sha512sum").arg(path));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .expect("hash")
+        .to_string()
+}
+
+#[test]
+fn sha512_pins_check_urls_and_local_files() {
+    let f = fixture(Layout::RpiOs, 4096, 0);
+    let srv = tempfile::tempdir().expect("tempdir");
+    let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
+    let sha512 = sha512_file(&xz);
+    let (root, count) = serve_dir(srv.path());
+    let url = format!("{root}/base.img.xz");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"s5\"\n").expect("config");
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.to_str().expect("utf8");
+    let wrong = sha512_file(&f.path);
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            &url,
+            "--base-sha512",
+            &wrong,
+            "--cache-dir",
+            cache_arg,
+        ],
+    );
+    assert_fails(
+        &o,
+        &dir.path().join("dist"),
+        &["sha512 mismatch", &url, &wrong],
+    );
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            &url,
+            "--base-sha512",
+            &sha512,
+            "--cache-dir",
+            cache_arg,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("dist/manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["base"]["sha256"], sha256_file(&xz).as_str());
+    // The second run finds the download by its sha512 alone, offline.
+    let before = count.load(Ordering::SeqCst);
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            &url,
+            "--base-sha512",
+            &sha512,
+            "--cache-dir",
+            cache_arg,
+            "--offline",
+            "--out",
+            "again",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(count.load(Ordering::SeqCst), before, "no request");
+    // A local file is checked against --base-sha512 too.
+    let local = xz.to_str().expect("utf8");
+    let o = imgbuild(
+        dir.path(),
+        &[
+            "--board",
+            "rpi4",
+            "--base",
+            local,
+            "--base-sha512",
+            &wrong,
+            "--out",
+            "local",
+        ],
+    );
+    assert_fails(
+        &o,
+        &dir.path().join("local"),
+        &["sha512 is", &sha512, &wrong],
+    );
+}

@@ -13,7 +13,7 @@ use crate::allowlist::Allowlist;
 use crate::claim::{self, ClaimOutcome};
 use crate::client::Aws;
 use crate::devices::{self, SyncRequest};
-use crate::error::{Context, Result};
+use crate::error::{CloudError, Context, Result};
 use crate::location::{parse_presign_duration, S3Location};
 use crate::upload::{self, UploadOptions, DEFAULT_JOBS};
 use crate::{deploy, provisioning};
@@ -170,17 +170,37 @@ pub enum ProvisioningCommand {
         #[arg(long, default_value = "provisioning.json")]
         out: PathBuf,
     },
+    /// Write a build configuration: the project's config with its [greengrass] section
+    /// completed (or added) from provisioning.json and the claim files — never a second section.
+    Config {
+        /// The project's configuration.
+        #[arg(long, default_value = "imgbuild.toml")]
+        config: PathBuf,
+        /// Provisioning parameters (from `provisioning fetch`).
+        #[arg(long, default_value = "provisioning.json")]
+        params: PathBuf,
+        /// Directory of claim.cert.pem and claim.private.key (from `claim fetch`), as the build
+        /// should see it: relative paths resolve against the output file's directory.
+        #[arg(long)]
+        claim_dir: PathBuf,
+        /// The merged configuration (a new file).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `imgbuild cloud devices …`.
 #[derive(Subcommand, Debug, Clone)]
 pub enum DevicesCommand {
     /// Remove the things of the group that are not on the allowlist; fix up listed ones.
+    ///
+    /// Prints the plan first. Removals need `--yes` (or a "y" at the prompt on a terminal) and
+    /// at most `--max-removals` of them; otherwise nothing is changed and the exit status is 1.
     Sync {
-        /// Allowlist: one serial a line, `#` comments.
+        /// Allowlist: one serial a line, `#` comments (an allowlist without serials is refused).
         #[arg(long)]
         allowlist: PathBuf,
-        /// Thing group of the fleet (nothing outside it is removed).
+        /// Thing group of the fleet (a static group; nothing outside it is removed).
         #[arg(long)]
         thing_group: String,
         /// Thing name = PREFIX + serial.
@@ -192,6 +212,25 @@ pub enum DevicesCommand {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Refuse (change nothing) when the plan removes more things than this.
+        #[arg(long, default_value_t = devices::DEFAULT_MAX_REMOVALS)]
+        max_removals: usize,
+        /// Carry out removals without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List the things of the group: serial, certificate status, Greengrass core device status
+    /// and its last status update.
+    Ls {
+        /// Thing group of the fleet.
+        #[arg(long)]
+        thing_group: String,
+        /// Thing name = PREFIX + serial.
+        #[arg(long, default_value = "")]
+        thing_prefix: String,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -201,16 +240,31 @@ pub struct DeployArgs {
     /// Thing group to deploy to.
     #[arg(long)]
     pub thing_group: String,
-    /// Components map (as for `aws greengrassv2 create-deployment --components`).
+    /// Components map (as for `aws greengrassv2 create-deployment --components`); a
+    /// componentVersion of "latest" is resolved and printed before deploying.
     #[arg(long)]
     pub components: PathBuf,
     /// Deployment name (default `imgbuild-GROUP`).
     #[arg(long)]
     pub name: Option<String>,
+    /// Follow the deployment and print each device's status until all core devices of the
+    /// group succeeded, failed or timed out. Exit status: 0 all succeeded, 3 a device failed,
+    /// 4 a device timed out (or had not finished by --timeout), 1 any other error, 2 usage.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 30m, 2h).
+    #[arg(long, value_parser = parse_wait_duration, requires = "wait")]
+    pub timeout: Option<Duration>,
+    /// Pause between status polls of --wait (e.g. 10s).
+    #[arg(long, value_parser = parse_wait_duration, requires = "wait")]
+    pub poll_interval: Option<Duration>,
 }
 
 impl CloudCommand {
     /// Runs the command against the account of the standard AWS credential chain.
+    ///
+    /// Some errors call for an exit status other than 1 (`deploy --wait`: 3 a device failed,
+    /// 4 one timed out); the caller prints the error and exits with [`CloudError::exit_code`].
     pub fn run(self) -> Result<()> {
         block_on(async {
             let aws = Aws::from_env().await?;
@@ -223,43 +277,8 @@ impl CloudCommand {
         match self {
             CloudCommand::Claim(cmd) => run_claim(aws, cmd).await,
             CloudCommand::Provisioning(cmd) => run_provisioning(aws, cmd).await,
-            CloudCommand::Devices(DevicesCommand::Sync {
-                allowlist,
-                thing_group,
-                thing_prefix,
-                device_policy,
-                dry_run,
-            }) => {
-                let list = Allowlist::read(&allowlist)?;
-                let req = SyncRequest {
-                    thing_group: &thing_group,
-                    thing_prefix: &thing_prefix,
-                    device_policy: device_policy.as_deref(),
-                };
-                let plan = devices::plan_sync(aws, &list, &req).await?;
-                println!("{plan}");
-                if dry_run || plan.is_noop() {
-                    return Ok(());
-                }
-                let done = devices::apply_sync(aws, &plan).await?;
-                println!(
-                    "done: added to group {}, policies attached {}, things deleted {}, certificates deleted {}, \
-                     core devices deleted {}",
-                    done.added_to_group,
-                    done.policies_attached,
-                    done.things_deleted,
-                    done.certificates_deleted,
-                    done.core_devices_deleted
-                );
-                Ok(())
-            }
-            CloudCommand::Deploy(args) => {
-                let components = deploy::read_components(&args.components)?;
-                let d = deploy::deploy(aws, &args.thing_group, &components, args.name.as_deref())
-                    .await?;
-                println!("deployment {} to {}", d.deployment_id, d.target_arn);
-                Ok(())
-            }
+            CloudCommand::Devices(cmd) => run_devices(aws, cmd).await,
+            CloudCommand::Deploy(args) => run_deploy(aws, args).await,
             CloudCommand::Whoami => {
                 let who = aws.caller_identity().await?;
                 println!(
@@ -349,7 +368,139 @@ async fn run_provisioning(aws: &Aws, cmd: ProvisioningCommand) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        ProvisioningCommand::Config {
+            config,
+            params,
+            claim_dir,
+            out,
+        } => {
+            for r in crate::buildconfig::write_merged(&config, &params, &claim_dir, &out)? {
+                println!(
+                    "[greengrass] {}: {} replaced by the published {:?}",
+                    r.key, r.old, r.new
+                );
+            }
+            println!("wrote {}", out.display());
+            Ok(())
+        }
     }
+}
+
+// --- devices sync / ls ------------------------------------------------------------------
+
+async fn run_devices(aws: &Aws, cmd: DevicesCommand) -> Result<()> {
+    match cmd {
+        DevicesCommand::Sync {
+            allowlist,
+            thing_group,
+            thing_prefix,
+            device_policy,
+            dry_run,
+            max_removals,
+            yes,
+        } => {
+            let list = Allowlist::read(&allowlist)?;
+            let req = SyncRequest {
+                thing_group: &thing_group,
+                thing_prefix: &thing_prefix,
+                device_policy: device_policy.as_deref(),
+            };
+            let plan = devices::plan_sync(aws, &list, &req)
+                .await
+                .map_err(|e| CloudError::msg(format!("{}: {e}", allowlist.display())))?;
+            println!("{plan}");
+            if dry_run || plan.is_noop() {
+                return Ok(());
+            }
+            let guards = devices::Guards { max_removals, yes };
+            if devices::approve(&plan, guards)? == devices::Approval::Ask {
+                confirm_removals(plan.remove.len(), &thing_group)?;
+            }
+            let done = devices::apply_sync(aws, &plan).await?;
+            println!(
+                "done: added to group {}, policies attached {}, things deleted {}, certificates deleted {}, \
+                 core devices deleted {}",
+                done.added_to_group,
+                done.policies_attached,
+                done.things_deleted,
+                done.certificates_deleted,
+                done.core_devices_deleted
+            );
+            Ok(())
+        }
+        DevicesCommand::Ls {
+            thing_group,
+            thing_prefix,
+            json,
+        } => {
+            let rows = devices::list_devices(aws, &thing_group, &thing_prefix).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&rows)
+                    .context(|| "writing the device list as JSON")?;
+                println!("{text}");
+            } else {
+                println!("{}", devices::devices_table(&rows));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Asks on the terminal whether to remove `n` things; anything but y/yes refuses. Without a
+/// terminal on stdin there is nobody to ask: the error says to pass `--yes`.
+fn confirm_removals(n: usize, group: &str) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let refused = |why: &str| {
+        CloudError::msg(format!(
+            "{why}: the plan removes {n} things from thing group {group} (revokes and deletes their \
+             certificates); nothing was changed; rerun with --yes to carry it out, or --dry-run to \
+             only print the plan"
+        ))
+    };
+    if !std::io::stdin().is_terminal() {
+        return Err(refused(
+            "removals need --yes (stdin is not a terminal, so nobody can confirm)",
+        ));
+    }
+    eprint!("remove {n} things from thing group {group}, revoking and deleting their certificates? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context(|| "reading the answer")?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(refused("not confirmed")),
+    }
+}
+
+// --- deploy [--wait] -----------------------------------------------------------------------
+
+async fn run_deploy(aws: &Aws, args: DeployArgs) -> Result<()> {
+    let mut components = deploy::read_components(&args.components)?;
+    for r in deploy::resolve_latest(aws, &args.thing_group, &mut components).await? {
+        println!("{} latest -> {} ({})", r.component, r.version, r.arn);
+    }
+    let d = deploy::deploy(aws, &args.thing_group, &components, args.name.as_deref()).await?;
+    println!("deployment {} to {}", d.deployment_id, d.target_arn);
+    if !args.wait {
+        return Ok(());
+    }
+    let options = deploy::WaitOptions {
+        timeout: args.timeout.unwrap_or(deploy::DEFAULT_WAIT_TIMEOUT),
+        poll_interval: args.poll_interval.unwrap_or(deploy::DEFAULT_POLL_INTERVAL),
+    };
+    let report = deploy::wait(aws, &args.thing_group, &d.deployment_id, options, |line| {
+        println!("  {line}")
+    })
+    .await?;
+    println!("{}", report.summary());
+    report.into_result().map(|_| ())
+}
+
+fn parse_wait_duration(s: &str) -> Result<Duration, String> {
+    deploy::parse_wait_duration(s).map_err(|e| e.to_string())
 }
 
 /// Runs a future to completion on a new multi-threaded tokio runtime.

@@ -14,7 +14,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 ///
 /// Messages never contain private key material.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloudError(String);
+pub struct CloudError(String, u8);
 
 /// Result alias of this crate.
 pub type Result<T, E = CloudError> = std::result::Result<T, E>;
@@ -23,12 +23,23 @@ impl CloudError {
     /// Makes an error from a message; line breaks and runs of whitespace fold to single spaces.
     pub fn msg(message: impl Into<String>) -> CloudError {
         let message: String = message.into();
-        CloudError(message.split_whitespace().collect::<Vec<_>>().join(" "))
+        CloudError(message.split_whitespace().collect::<Vec<_>>().join(" "), 1)
+    }
+
+    /// The same error with another process exit status (default 1), for outcomes a script must
+    /// tell apart, such as `cloud deploy --wait`'s failed (3) and timed-out (4) deployments.
+    pub fn with_exit_code(self, code: u8) -> CloudError {
+        CloudError(self.0, code)
     }
 
     /// The message.
     pub fn message(&self) -> &str {
         &self.0
+    }
+
+    /// The process exit status this error calls for (1 unless set with [`CloudError::with_exit_code`]).
+    pub fn exit_code(&self) -> u8 {
+        self.1
     }
 }
 

@@ -4,8 +4,12 @@
 //!   multipart upload with SSE, `sha256` metadata, the manifest beside the image, presigned URLs.
 //! - [`claim`]: `imgbuild cloud claim ensure|fetch` — the fleet-provisioning claim certificate.
 //! - [`provisioning`]: `imgbuild cloud provisioning publish|fetch` — endpoints and names a build needs.
-//! - [`devices`] and [`allowlist`]: `imgbuild cloud devices sync` — a thing group matches the allowlist.
-//! - [`deploy`]: `imgbuild cloud deploy` — a Greengrass v2 deployment to the thing group.
+//! - [`devices`] and [`allowlist`]: `imgbuild cloud devices sync` — a thing group matches the
+//!   allowlist, behind guards; `devices ls` — the fleet's things and core devices.
+//! - [`deploy`]: `imgbuild cloud deploy [--wait]` — a Greengrass v2 deployment to the thing
+//!   group, followed device by device.
+//! - [`buildconfig`]: `imgbuild cloud provisioning config` — `imgbuild.toml` with its
+//!   `[greengrass]` section completed from the published parameters (one section, never two).
 //! - [`cli`]: the clap definitions ([`CloudCommand`], [`UploadArgs`]) the binary embeds.
 //!
 //! Credentials and region come from the standard AWS chain (see [`Aws`]); `AWS_ENDPOINT_URL`
@@ -15,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod allowlist;
+pub mod buildconfig;
 pub mod claim;
 pub mod cli;
 pub mod client;

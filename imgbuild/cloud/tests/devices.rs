@@ -241,7 +241,10 @@ async fn sync_removes_unlisted_group_members_with_their_certificates_and_nothing
     assert_eq!(removed, ["SN3", "SN4"]);
     assert_eq!(plan.pending, ["SN9"]);
     let text = plan.to_string();
-    assert!(text.contains("remove   SN3: detach"), "{text}");
+    assert!(
+        text.contains("remove   SN3: remove from group; detach"),
+        "{text}"
+    );
     assert!(text.contains("pending  SN9"), "{text}");
     assert_eq!(state(&aws).await, before, "planning changes nothing");
 
@@ -301,6 +304,8 @@ async fn dry_run_and_a_malformed_allowlist_change_nothing() {
             thing_prefix: String::new(),
             device_policy: Some(DEVICE_POLICY.to_owned()),
             dry_run,
+            max_removals: 5,
+            yes: true,
         })
     };
 

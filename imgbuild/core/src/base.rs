@@ -14,6 +14,8 @@ pub struct BaseRequest {
     pub base: Option<String>,
     /// `--base-sha256` for a URL (or to check a local file).
     pub sha256: Option<String>,
+    /// `--base-sha512` for a URL (or to check a local file); both are checked when both given.
+    pub sha512: Option<String>,
     /// `--cache-dir`; default `$XDG_CACHE_HOME/imgbuild`.
     pub cache_dir: Option<PathBuf>,
     /// `--offline`: never touch the network.
@@ -74,6 +76,13 @@ pub fn resolve(board: &Board, req: &BaseRequest) -> Result<ResolvedBase> {
             }
             sha = Some(have);
         }
+        if let Some(want) = &req.sha512 {
+            let want = imgbuild_fetch::normalize_sha512(want).map_err(fetch_err)?;
+            let have = imgbuild_fetch::sha512_file(&path).map_err(fetch_err)?;
+            if have != want {
+                crate::bail!("--base {b}: sha512 is {have}, --base-sha512 says {want}");
+            }
+        }
         return Ok(ResolvedBase {
             path,
             origin: b.to_string(),
@@ -82,20 +91,21 @@ pub fn resolve(board: &Board, req: &BaseRequest) -> Result<ResolvedBase> {
             cache: None,
         });
     }
-    let (url, sha256, signature) = match req.base.as_deref() {
-        Some(u) => (u.to_string(), req.sha256.clone(), None),
+    let (url, sha256, sha512, signature) = match req.base.as_deref() {
+        Some(u) => (u.to_string(), req.sha256.clone(), req.sha512.clone(), None),
         None => {
-            let pinned = Some(board.base.sha256.clone()).filter(|s| !s.is_empty());
-            if pinned.is_none() && !req.insecure_no_verify {
+            let pin = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
+            if !board.base.is_pinned() && !req.insecure_no_verify {
                 crate::bail!(
-                    "board {} pins no sha256 for {}; download and check it yourself and pass --base FILE",
+                    "board {} pins no sha256 or sha512 for {}; download and check it yourself and pass --base FILE",
                     board.name,
                     board.base.url
                 );
             }
             (
                 board.base.url.clone(),
-                pinned,
+                pin(&board.base.sha256),
+                pin(&board.base.sha512),
                 signature_source(board, req.boards_dir.as_deref())?,
             )
         }
@@ -108,6 +118,7 @@ pub fn resolve(board: &Board, req: &BaseRequest) -> Result<ResolvedBase> {
     let src = Source {
         url: url.clone(),
         sha256,
+        sha512,
         signature,
     };
     let got = imgbuild_fetch::fetch(&src, &opts).map_err(fetch_err)?;

@@ -54,6 +54,10 @@ pub struct BaseImage {
     /// Lower-case hex sha256 of the file at `url`; empty when not pinned yet.
     #[serde(default)]
     pub sha256: String,
+    /// Lower-case hex sha512 of the file at `url` (for publishers that list only `SHA512SUMS`,
+    /// like Debian's cloud images); empty when not pinned. Checked with `sha256` when both are set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha512: String,
     /// Size in bytes of the file at `url`, when known.
     #[serde(default)]
     pub size: Option<u64>,
@@ -198,6 +202,12 @@ impl Board {
                 "board file {origin}: base.sha256 must be 64 lower-case hex digits, got {sha:?}"
             );
         }
+        let sha = &self.base.sha512;
+        if !sha.is_empty() && !(sha.len() == 128 && is_lower_hex(sha)) {
+            crate::bail!(
+                "board file {origin}: base.sha512 must be 128 lower-case hex digits, got {sha:?}"
+            );
+        }
         Ok(())
     }
 
@@ -213,9 +223,19 @@ impl Board {
 
 /// True when `s` is 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && is_lower_hex(s)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl BaseImage {
+    /// True when the board pins its base by sha256 or sha512.
+    pub fn is_pinned(&self) -> bool {
+        !self.sha256.is_empty() || !self.sha512.is_empty()
+    }
 }
 
 /// All known boards: the built-in ones, overridden or extended by `*.toml` in `dir`.
@@ -282,6 +302,33 @@ mod tests {
         let e = Board::parse(&one_role, "y.toml").unwrap_err().to_string();
         assert!(e.contains("exactly one partition"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn sha512_pins_are_parsed_and_checked() {
+        let text = include_str!("../../../boards/generic-arm64.toml");
+        let b = Board::parse(text, "g.toml").expect("parses");
+        assert!(
+            !b.base.is_pinned(),
+            "no trustworthy sha512 was found for the .raw"
+        );
+        let hash = "0123456789abcdef".repeat(8);
+        let pinned = text.replace(
+            "sha256 = \"\"",
+            &format!("sha256 = \"\"\nsha512 = \"{hash}\""),
+        );
+        let b = Board::parse(&pinned, "g.toml").expect("parses");
+        assert_eq!(b.base.sha512, hash);
+        assert!(b.base.is_pinned());
+        for bad in [
+            hash[..64].to_string(),
+            hash.to_uppercase(),
+            format!("{hash}0"),
+        ] {
+            let t = text.replace("sha256 = \"\"", &format!("sha512 = \"{bad}\""));
+            let e = Board::parse(&t, "g.toml").unwrap_err().to_string();
+            assert!(e.contains("base.sha512 must be 128"), "{e}");
+        }
     }
 
     #[test]

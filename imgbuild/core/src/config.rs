@@ -301,11 +301,24 @@ pub fn check_image_path(p: &str) -> Result<()> {
             crate::bail!("path {p:?} has a component that is too long or contains NUL");
         }
     }
+    check_no_control(p)
+}
+
+/// Refuses control characters (newline, tab, escape, DEL, C1) in a file name: they break
+/// line-based tools and logs, and can forge lines in listings. The error shows the name escaped.
+fn check_no_control(p: &str) -> Result<()> {
+    if let Some(c) = p.chars().find(|c| c.is_control()) {
+        crate::bail!(
+            "path {p:?} contains the control character {c:?}; rename it (file names must not hold \
+             newlines or other control characters)"
+        );
+    }
     Ok(())
 }
 
 fn check_relative(p: &Path) -> Result<()> {
     use std::path::Component;
+    check_no_control(&p.to_string_lossy())?;
     if p.components().any(|c| !matches!(c, Component::Normal(_))) {
         crate::bail!(
             "template source {} must be a relative path inside templates_dir without `..`",
@@ -369,15 +382,7 @@ fn check_ssh_key(k: &str) -> Result<()> {
 }
 
 fn check_unit_name(u: &str) -> Result<()> {
-    let suffix_ok = [
-        ".service", ".timer", ".socket", ".path", ".target", ".mount",
-    ]
-    .iter()
-    .any(|s| u.ends_with(s));
-    if !suffix_ok || u.contains('/') || u.starts_with('.') {
-        crate::bail!("systemd.enable: {u:?} is not a unit name like `foo.service`");
-    }
-    Ok(())
+    crate::units::check_unit_name(u).map_err(|e| Error::msg(format!("systemd.enable: {e}")))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -446,6 +451,24 @@ enable = ["ssh.service"]
         assert!(err("[[template]]\nsource = \"../x\"\npath = \"/x\"").contains(".."));
         assert!(err("[systemd]\nenable = [\"foo\"]").contains("unit name"));
         assert!(err("hostname = [").contains("line 1"));
+    }
+
+    #[test]
+    fn control_characters_in_file_names_are_refused() {
+        for bad in [
+            "/etc/a\\nb",
+            "/etc/x\\ty",
+            "/etc/esc\\u001b[2J",
+            "/etc/del\\u007f",
+        ] {
+            for section in ["[[file]]\ncontent = \"\"", "[[template]]\nsource = \"t\""] {
+                let e = err(&format!("{section}\npath = \"{bad}\""));
+                assert!(e.contains("control character") && !e.contains('\n'), "{e}");
+            }
+        }
+        let e = err("[[template]]\nsource = \"a\\nb.tera\"\npath = \"/x\"");
+        assert!(e.contains("control character") && !e.contains('\n'), "{e}");
+        assert!(check_image_path("/etc/caf\u{e9} ok").is_ok());
     }
 
     #[test]

@@ -158,7 +158,42 @@ pub fn read_table(image: &Path) -> Result<Table> {
         read_mbr(image, &mut file, disk_size)?
     };
     check_bounds(image, &table)?;
+    check_overlap(image, &table)?;
     Ok(table)
+}
+
+/// MBR types of extended partitions: containers of the logical ones, not data.
+const MBR_EXTENDED_TYPES: &[&str] = &["0x05", "0x0f", "0x85"];
+
+/// No two data partitions may share a byte: writing one would corrupt the other.
+fn check_overlap(image: &Path, table: &Table) -> Result<()> {
+    let mut parts: Vec<&Partition> = table
+        .partitions
+        .iter()
+        .filter(|p| p.size > 0)
+        .filter(|p| {
+            table.kind != TableKind::Mbr || !MBR_EXTENDED_TYPES.contains(&p.type_id.as_str())
+        })
+        .collect();
+    parts.sort_by_key(|p| (p.start, p.index));
+    for pair in parts.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        // bounds are checked first, so start + size cannot overflow
+        if b.start < a.start.saturating_add(a.size) {
+            bail!(
+                "{}: partitions {} (bytes {}..{}) and {} (bytes {}..{}) overlap - the partition \
+                 table is corrupt; use an intact image",
+                image.display(),
+                a.index,
+                a.start,
+                a.start.saturating_add(a.size),
+                b.index,
+                b.start,
+                b.start.saturating_add(b.size)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Every partition must lie within the image file.

@@ -173,6 +173,7 @@ pub fn fetch_greengrass_artifacts(
         let src = imgbuild_fetch::Source {
             url: gg.url(a),
             sha256: Some(sha),
+            sha512: None,
             signature: None,
         };
         let got = imgbuild_fetch::fetch(&src, &opts)

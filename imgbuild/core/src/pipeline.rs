@@ -167,6 +167,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         .map_err(|e| e.context(format_args!("base {}", req.base.display())))?;
     let boot = locate(&work.0, &table, req.board, Role::Boot).map_err(|e| base_err(req, e))?;
     let root = locate(&work.0, &table, req.board, Role::Root).map_err(|e| base_err(req, e))?;
+    timed("base check", || check_base(req, &work.0, &table, &base_sha))?;
 
     let target = apply::Target {
         image: &work.0,
@@ -346,6 +347,34 @@ fn add_preseed_debs(plan: &Plan, p: &PreseedDebs, image: &Path, root_offset: u64
         );
     }
     Ok(plan)
+}
+
+/// Refuses a base whose partitions overlap or whose boot/root file systems are not clean,
+/// before anything is written (see [`crate::check`]); a clean verdict is remembered in the cache.
+fn check_base(req: &BuildRequest, image: &Path, table: &Table, base_sha: &str) -> Result<()> {
+    let mut parts = Vec::new();
+    for role in [Role::Boot, Role::Root] {
+        let spec = req.board.partition(role);
+        let Some(p) = table.partition(spec.index) else {
+            continue;
+        };
+        parts.push(crate::check::PartCheck {
+            index: p.index,
+            role,
+            family: match spec.fs {
+                FsType::Vfat => crate::check::FsFamily::Fat,
+                FsType::Ext4 => crate::check::FsFamily::Ext,
+            },
+            offset: p.start,
+            size: p.size,
+        });
+    }
+    let verdict = req.chunk_cache.map(|dir| crate::check::VerdictKey {
+        cache_dir: dir,
+        base_sha256: base_sha,
+    });
+    crate::check::check_partitions(image, &parts, req.out_dir, verdict)
+        .map_err(|e| e.context(format_args!("base {}", req.base.display())))
 }
 
 fn base_err(req: &BuildRequest, e: Error) -> Error {

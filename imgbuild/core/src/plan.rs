@@ -128,15 +128,40 @@ fn owner_or_root(s: Option<&str>) -> Result<OwnerSpec> {
         .map(|o| o.unwrap_or_else(OwnerSpec::root))
 }
 
-/// Renders one tera template file with the whole config as its context. An unknown variable
-/// is an error that names it.
+/// Tera functions that reach the host: `get_env` (always registered by tera 1.x) and, with its
+/// `builtins` feature (off here), `now` and `get_random`. Each is replaced by one that fails.
+/// Tera has no function or filter that reads files; `include`/`import`/`extends` name templates
+/// registered with the engine, and a one-off template has none.
+const HOST_FUNCTIONS: &[&str] = &["get_env", "now", "get_random"];
+
+/// A tera engine without access to the host: no environment, clock or randomness, no
+/// autoescaping (outputs are config files, not HTML).
+fn sandboxed_tera() -> tera::Tera {
+    let mut t = tera::Tera::default();
+    t.autoescape_on(Vec::new());
+    for &name in HOST_FUNCTIONS {
+        t.register_function(
+            name,
+            move |_: &std::collections::HashMap<String, tera::Value>| -> tera::Result<tera::Value> {
+                Err(tera::Error::msg(format!(
+                    "{name}() is disabled: templates cannot read the host (environment, clock, \
+                     randomness); put the value into the config instead"
+                )))
+            },
+        );
+    }
+    t
+}
+
+/// Renders one tera template file with the whole config as its context, in an engine without
+/// host access (see [`HOST_FUNCTIONS`]). An unknown variable is an error that names it.
 pub fn render_template(path: &Path, cfg: &Config) -> Result<String> {
     let text =
         std::fs::read_to_string(path).context(|| format!("reading template {}", path.display()))?;
     let value = serde_json::to_value(cfg).context(|| "serializing the config")?;
     let ctx = tera::Context::from_value(value).context(|| "building the template context")?;
     let name = path.display().to_string();
-    tera::Tera::one_off(&text, &ctx, false).map_err(|e| {
+    sandboxed_tera().render_str(&text, &ctx).map_err(|e| {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
@@ -371,5 +396,48 @@ mod tests {
         let c = cfg("[[template]]\nsource = \"bad.tera\"\npath = \"/etc/x\"\n");
         let e = make(&c, d.path()).unwrap_err().to_string();
         assert!(e.contains("no_such_var") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn overlay_file_names_with_control_characters_are_refused() {
+        for name in ["a\nb", "tab\there", "bell\u{7}", "cr\r"] {
+            let d = tempfile::tempdir().expect("tempdir");
+            std::fs::create_dir_all(d.path().join("ov/etc")).expect("mkdir");
+            std::fs::write(d.path().join("ov/etc").join(name), "x").expect("write");
+            let e = make(&cfg("overlays = [\"ov\"]"), d.path())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("control character") && e.contains("overlay ov") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn templates_cannot_read_the_host() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("templates")).expect("mkdir");
+        let secret = std::env::var("PATH").expect("PATH is set");
+        for (name, body) in [
+            ("env.tera", "{{ get_env(name=\"PATH\") }}"),
+            ("envd.tera", "{{ get_env(name=\"PATH\", default=\"x\") }}"),
+            ("now.tera", "{{ now() }}"),
+            ("rand.tera", "{{ get_random(end=9) }}"),
+            ("inc.tera", "{% include \"/etc/passwd\" %}"),
+            ("ext.tera", "{% extends \"/etc/passwd\" %}"),
+        ] {
+            std::fs::write(d.path().join("templates").join(name), body).expect("write");
+            let c = cfg(&format!(
+                "[[template]]\nsource = \"{name}\"\npath = \"/etc/x\"\n"
+            ));
+            let e = make(&c, d.path()).expect_err(name).to_string();
+            assert!(!e.contains(&secret) && !e.contains("root:"), "{e}");
+            assert!(e.contains(name) && !e.contains('\n'), "{e}");
+        }
+        let e = render_template(&d.path().join("templates/env.tera"), &cfg(""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("get_env() is disabled"), "{e}");
     }
 }

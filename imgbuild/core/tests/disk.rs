@@ -525,3 +525,31 @@ fn hostile_extended_partition_chain_is_an_error() {
         );
     }
 }
+
+#[test]
+fn overlapping_partitions_are_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = blank_image(
+        dir.path(),
+        64,
+        "label: dos\nunit: sectors\n\nstart=2048, size=32768, type=c\nstart=34816, type=83\n",
+    );
+    let before = read_table(&img).expect("a clean table reads");
+    assert_eq!(before.partitions.len(), 2);
+    // Move partition 2's start into partition 1 (MBR entry 2, start LBA at byte 8 of it); its
+    // size is unchanged, so it still ends inside the image.
+    let mut bytes = std::fs::read(&img).expect("read");
+    bytes[446 + 16 + 8..446 + 16 + 12].copy_from_slice(&30000u32.to_le_bytes());
+    std::fs::write(&img, &bytes).expect("write");
+    let dump = sfdisk_json(&img);
+    assert_eq!(
+        dump["partitiontable"]["partitions"][1]["start"], 30000,
+        "sfdisk reads the overlapping start too"
+    );
+    let err = read_table(&img).expect_err("overlap").to_string();
+    assert!(
+        err.contains("partitions 1") && err.contains(" and 2 ") && err.contains("overlap"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+}

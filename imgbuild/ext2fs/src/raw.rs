@@ -113,27 +113,54 @@ struct DirCollector {
     entries: Vec<(Vec<u8>, u32)>,
 }
 
+/// Size of a directory entry's fixed header: inode (4), rec_len (2), name_len (2).
+const DIRENT_HEADER: usize = 8;
+
 /// `ext2fs_dir_iterate2` callback: records the name and inode of every live entry.
+///
+/// `struct ext2_dir_entry` declares a 255-byte name, but an entry holds only `name_len` bytes
+/// and may sit at the very end of its block: no reference to the whole struct is made. The
+/// header fields are read through raw pointers, and the name only when it lies inside the
+/// `blocksize`-byte block at `offset` (an entry that does not is skipped).
 unsafe extern "C" fn collect_entry(
     _dir: sys::ext2_ino_t,
     _entry: c_int,
     dirent: *mut sys::ext2_dir_entry,
-    _offset: c_int,
-    _blocksize: c_int,
+    offset: c_int,
+    blocksize: c_int,
     _buf: *mut c_char,
     priv_data: *mut c_void,
 ) -> c_int {
-    // SAFETY: `priv_data` is the `&mut DirCollector` passed by `dir_entries`, alive for the whole
-    // iteration; `dirent` points into the directory block the library validated, whose
-    // `name_len & 0xff` bytes of name are inside that block.
+    let (Ok(offset), Ok(blocksize)) = (usize::try_from(offset), usize::try_from(blocksize)) else {
+        return 0;
+    };
+    // Bytes of the block from the entry's start on.
+    let room = blocksize.saturating_sub(offset);
+    if dirent.is_null() || room < DIRENT_HEADER {
+        return 0;
+    }
+    // SAFETY: `dirent` points at `offset` into a directory block of `blocksize` bytes that the
+    // library holds for the whole call, and `room >= DIRENT_HEADER`: the 8 header bytes are
+    // readable. They are read unaligned through raw pointers, never via a reference to the
+    // full-size struct.
+    let (inode, name_len) = unsafe {
+        (
+            ptr::addr_of!((*dirent).inode).read_unaligned(),
+            ptr::addr_of!((*dirent).name_len).read_unaligned(),
+        )
+    };
+    let len = usize::from(name_len & 0xff);
+    if inode == 0 || len > room - DIRENT_HEADER {
+        return 0;
+    }
+    // SAFETY: the name starts right after the header and its `len` bytes end inside the block
+    // (checked above); u8 has no alignment. `priv_data` is the `&mut DirCollector` passed by
+    // `dir_entries`, alive and not otherwise borrowed for the whole iteration.
     unsafe {
+        let name_ptr = ptr::addr_of!((*dirent).name).cast::<u8>();
+        let name = std::slice::from_raw_parts(name_ptr, len);
         let collector = &mut *priv_data.cast::<DirCollector>();
-        let d = &*dirent;
-        if d.inode != 0 {
-            let len = usize::from(d.name_len & 0xff);
-            let name = std::slice::from_raw_parts(d.name.as_ptr().cast::<u8>(), len);
-            collector.entries.push((name.to_vec(), d.inode));
-        }
+        collector.entries.push((name.to_vec(), inode));
     }
     0
 }

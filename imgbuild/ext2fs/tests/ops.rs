@@ -468,3 +468,41 @@ fn ext4_inline_data() {
 fn ext4_small_inodes() {
     flavour("ext4", &["-I", "128"]);
 }
+
+/// Names of every length 1..=255 in a 1 KiB-block directory: many entries end exactly at the end
+/// of their block (where a full-size `ext2_dir_entry` would run past it); every name reads back
+/// whole, as debugfs lists it.
+#[test]
+fn read_dir_returns_names_of_every_length_up_to_block_ends() {
+    let img = mkfs(&Spec {
+        block_size: Some(1024),
+        ..Spec::default()
+    });
+    let mut fs = img.open(true);
+    fs.mkdir_p("/n", &meta(0o755, 0, 0, T0)).unwrap();
+    let mut want: Vec<String> = (1..=255)
+        .map(|len| {
+            (0..len)
+                .map(|i| char::from(b'a' + ((len + i) % 26) as u8))
+                .collect()
+        })
+        .collect();
+    for name in &want {
+        fs.write_file(&format!("/n/{name}"), b"x", &meta(0o644, 0, 0, T0))
+            .unwrap();
+    }
+    fs.close().unwrap();
+    img.assert_fsck_clean();
+    let fs = img.open(false);
+    let mut names = fs.read_dir("/n").unwrap();
+    names.sort();
+    want.sort();
+    assert_eq!(names, want);
+    let (listing, _) = img.debugfs("ls -p /n", false);
+    let listed = String::from_utf8_lossy(&listing)
+        .lines()
+        .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+        .filter(|n| n != "." && n != "..")
+        .count();
+    assert_eq!(listed, 255, "debugfs lists the same entries");
+}

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let source = imgbuild_fetch::Source {
         url: url.clone(),
         sha256: Some(sha256.clone()),
+        sha512: None,
         signature: None,
     };
     match imgbuild_fetch::fetch(&source, &imgbuild_fetch::Options::new(cache)) {

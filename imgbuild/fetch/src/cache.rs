@@ -7,6 +7,7 @@
 //! | `blobs/<sha256>` | a verified download, exactly the bytes whose sha256 is its name |
 //! | `meta/<sha256>.url` | the URL it was downloaded from (one line; informational) |
 //! | `meta/<sha256>.signer` | the fingerprint of the key whose signature was verified for it |
+//! | `meta/<sha256>.sha512` | its sha512, computed while it was downloaded (finds a sha512 pin) |
 //! | `raw/<sha256>.img` | the decompressed image of the download `<sha256>` |
 //! | `tmp/<key>.part` | a download in progress or interrupted (resumed by the next fetch) |
 //! | `tmp/*.tmp` | scratch files of writers (see [`Cache::scratch_path`]) |
@@ -209,6 +210,7 @@ impl Cache {
             if entry.kind == EntryKind::Download {
                 remove_if_exists(&self.url_record(&entry.key))?;
                 remove_if_exists(&self.signer_record(&entry.key))?;
+                remove_if_exists(&self.sha512_record(&entry.key))?;
             }
             report.freed_bytes += entry.size;
             report.removed.push(entry);
@@ -254,17 +256,42 @@ impl Cache {
         self.root.join("meta").join(format!("{sha256}.signer"))
     }
 
+    /// Where the sha512 of download `sha256` is recorded.
+    fn sha512_record(&self, sha256: &str) -> PathBuf {
+        self.root.join("meta").join(format!("{sha256}.sha512"))
+    }
+
+    /// The sha512 recorded for download `sha256`, if any.
+    pub(crate) fn recorded_sha512(&self, sha256: &str) -> Option<String> {
+        let text = fs::read_to_string(self.sha512_record(sha256)).ok()?;
+        Some(text.trim().to_string()).filter(|s| s.len() == 128)
+    }
+
+    /// The sha256 of the cached download whose recorded sha512 is `sha512`, if any (a scan of
+    /// `meta/`, which holds a few files per download).
+    pub fn sha256_of_sha512(&self, sha512: &str) -> Option<String> {
+        let files = list_dir(&self.root.join("meta")).ok()?;
+        files.into_iter().find_map(|(_, name)| {
+            let sha256 = name.strip_suffix(".sha512")?;
+            (self.recorded_sha512(sha256).as_deref() == Some(sha512)
+                && self.blob_path(sha256).is_some())
+            .then(|| sha256.to_string())
+        })
+    }
+
     /// Moves the verified file `from` into place as download `sha256` (the caller holds the
-    /// exclusive lock of `sha256`) and records its URL and, if a signature was verified, the
-    /// signer's fingerprint.
+    /// exclusive lock of `sha256`) and records its URL, its sha512 and, if a signature was
+    /// verified, the signer's fingerprint.
     pub(crate) fn store_blob(
         &self,
         sha256: &str,
         from: &Path,
         url: &str,
         signer: Option<&str>,
+        sha512: &str,
     ) -> Result<PathBuf, FetchError> {
         self.record(&self.url_record(sha256), url)?;
+        self.record(&self.sha512_record(sha256), sha512)?;
         if let Some(fingerprint) = signer {
             self.record(&self.signer_record(sha256), fingerprint)?;
         }

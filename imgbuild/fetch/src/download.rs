@@ -9,7 +9,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{one_line, FetchError};
 use crate::verify::hash_reader;
@@ -104,7 +104,7 @@ impl Http {
         })
     }
 
-    /// Downloads `url` into `part` and returns the sha256 of the complete file. With `resume`,
+    /// Downloads `url` into `part` and returns the digests of the complete file. With `resume`,
     /// bytes already in `part` are kept (hashed from disk) and only the rest is requested.
     pub(crate) fn download(
         &self,
@@ -112,7 +112,7 @@ impl Http {
         part: &Path,
         resume: bool,
         label: &str,
-    ) -> Result<String, FetchError> {
+    ) -> Result<Digests, FetchError> {
         let parsed = parse_url(url)?;
         let mut partial = Partial::open(part, resume)?;
         let bar = self.progress_bar(label);
@@ -168,11 +168,21 @@ impl Http {
     }
 }
 
-/// The file being downloaded, with the running hash of its contents.
+/// The sha256 and sha512 of a downloaded file (lowercase hex), both computed while it streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Digests {
+    /// The sha256: the cache key.
+    pub(crate) sha256: String,
+    /// The sha512: what Debian publishes for its cloud images.
+    pub(crate) sha512: String,
+}
+
+/// The file being downloaded, with the running hashes of its contents.
 struct Partial {
     path: PathBuf,
     file: File,
-    hasher: Sha256,
+    sha256: Sha256,
+    sha512: Sha512,
     len: u64,
 }
 
@@ -186,13 +196,17 @@ impl Partial {
             .truncate(!resume)
             .open(path)
             .map_err(|e| FetchError::io("open partial download", path, e))?;
-        let mut hasher = Sha256::new();
-        let len = hash_reader(&mut file, &mut hasher)
-            .map_err(|e| FetchError::io("read partial download", path, e))?;
+        let (mut sha256, mut sha512) = (Sha256::new(), Sha512::new());
+        let len = hash_reader(&mut file, |b| {
+            sha256.update(b);
+            sha512.update(b);
+        })
+        .map_err(|e| FetchError::io("read partial download", path, e))?;
         Ok(Partial {
             path: path.to_path_buf(),
             file,
-            hasher,
+            sha256,
+            sha512,
             len,
         })
     }
@@ -203,7 +217,8 @@ impl Partial {
             .set_len(0)
             .and_then(|()| self.file.seek(SeekFrom::Start(0)).map(drop))
             .map_err(|e| Failure::Fatal(FetchError::io("truncate", &self.path, e)))?;
-        self.hasher = Sha256::new();
+        self.sha256 = Sha256::new();
+        self.sha512 = Sha512::new();
         self.len = 0;
         Ok(())
     }
@@ -213,17 +228,21 @@ impl Partial {
         self.file
             .write_all(bytes)
             .map_err(|e| Failure::Fatal(FetchError::io("write", &self.path, e)))?;
-        self.hasher.update(bytes);
+        self.sha256.update(bytes);
+        self.sha512.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
     }
 
-    /// Syncs the file and returns the sha256 of its contents.
-    fn finish(self) -> Result<String, FetchError> {
+    /// Syncs the file and returns the digests of its contents.
+    fn finish(self) -> Result<Digests, FetchError> {
         self.file
             .sync_all()
             .map_err(|e| FetchError::io("sync", &self.path, e))?;
-        Ok(hex::encode(self.hasher.finalize()))
+        Ok(Digests {
+            sha256: hex::encode(self.sha256.finalize()),
+            sha512: hex::encode(self.sha512.finalize()),
+        })
     }
 }
 

@@ -17,6 +17,20 @@ pub enum FetchError {
         /// The value as given.
         value: String,
     },
+    /// A sha512 given by the caller is not 128 hexadecimal digits.
+    BadSha512 {
+        /// The value as given.
+        value: String,
+    },
+    /// The downloaded bytes do not have the pinned sha512; the partial file has been deleted.
+    Sha512Mismatch {
+        /// The URL that was downloaded.
+        url: String,
+        /// The pinned sha512.
+        expected: String,
+        /// The sha512 of what was received.
+        actual: String,
+    },
     /// The URL is not an http(s) URL.
     BadUrl {
         /// The URL as given.
@@ -176,6 +190,17 @@ impl fmt::Display for FetchError {
                 actual,
             } => format!(
                 "sha256 mismatch for {url}: expected {expected}, got {actual}; \
+                 the download was deleted: check the pinned hash or the mirror"
+            ),
+            FetchError::BadSha512 { value } => format!(
+                "{value:?} is not a sha512: expected 128 hexadecimal digits (as in SHA512SUMS)"
+            ),
+            FetchError::Sha512Mismatch {
+                url,
+                expected,
+                actual,
+            } => format!(
+                "sha512 mismatch for {url}: expected {expected}, got {actual}; \
                  the download was deleted: check the pinned hash or the mirror"
             ),
             FetchError::SigningKey { detail } => format!("signing key: {detail}"),

@@ -37,7 +37,7 @@ use std::time::Duration;
 pub use cache::{Cache, Entry, EntryKind, EntryLock, PruneReport};
 pub use download::USER_AGENT;
 pub use error::FetchError;
-pub use verify::{normalize_sha256, sha256_file, SigningKey};
+pub use verify::{normalize_sha256, normalize_sha512, sha256_file, sha512_file, SigningKey};
 
 use sha2::{Digest, Sha256};
 
@@ -49,9 +49,13 @@ pub const SIGNATURE_LIMIT: usize = 1 << 20;
 pub struct Source {
     /// The http(s) URL of the file.
     pub url: String,
-    /// The pinned sha256 of the file (64 hex digits). Required unless
-    /// [`Options::insecure_no_verify`] is set.
+    /// The pinned sha256 of the file (64 hex digits). This or [`Source::sha512`] is required
+    /// unless [`Options::insecure_no_verify`] is set.
     pub sha256: Option<String>,
+    /// The pinned sha512 of the file (128 hex digits), for publishers that list only
+    /// `SHA512SUMS` (Debian's cloud images). Checked in addition to a sha256 when both are set;
+    /// the cache stays keyed by sha256 (both are computed while the file streams).
+    pub sha512: Option<String>,
     /// A detached OpenPGP signature to check, if the publisher provides one.
     pub signature: Option<SignatureSource>,
 }
@@ -115,6 +119,9 @@ pub struct Fetched {
     pub path: PathBuf,
     /// Its sha256 (lowercase hex).
     pub sha256: String,
+    /// Its sha512 (lowercase hex), when known: always for a fresh download, and for a cached one
+    /// recorded by a version that computed it.
+    pub sha512: Option<String>,
     /// The last segment of the URL's path (e.g. `image.img.xz`), or `download`.
     pub file_name: String,
     /// Whether it came from the cache without any network request.
@@ -143,38 +150,70 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// Returns a verified copy of `source` from the cache, downloading it first on a miss
 /// (see the crate documentation for the rules).
 pub fn fetch(source: &Source, opts: &Options) -> Result<Fetched, FetchError> {
-    let pinned = source.sha256.as_deref().map(normalize_sha256).transpose()?;
+    let pins = Pins {
+        sha256: source.sha256.as_deref().map(normalize_sha256).transpose()?,
+        sha512: source.sha512.as_deref().map(normalize_sha512).transpose()?,
+    };
     let cache = Cache::open(&opts.cache_dir)?;
-    match pinned {
-        Some(sha256) => fetch_pinned(source, &sha256, &cache, opts),
-        None if opts.insecure_no_verify => fetch_unpinned(source, &cache, opts),
-        None => Err(FetchError::MissingHash {
+    if pins.sha256.is_some() || pins.sha512.is_some() {
+        fetch_pinned(source, &pins, &cache, opts)
+    } else if opts.insecure_no_verify {
+        fetch_unpinned(source, &cache, opts)
+    } else {
+        Err(FetchError::MissingHash {
             url: source.url.clone(),
-        }),
+        })
     }
 }
 
-/// Fetches a file with a pinned sha256: cache hit, or download + verify + store under its lock.
+/// The pinned digests of a source (normalized); at least one is set.
+struct Pins {
+    sha256: Option<String>,
+    sha512: Option<String>,
+}
+
+impl Pins {
+    /// The lock (and partial file) key: the sha256, or `sha512-` and half the sha512.
+    fn key(&self) -> String {
+        match (&self.sha256, &self.sha512) {
+            (Some(sha256), _) => sha256.clone(),
+            (None, Some(sha512)) => format!("sha512-{}", &sha512[..64]),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The sha256 of the pinned file if the cache already knows it.
+    fn known_sha256(&self, cache: &Cache) -> Option<String> {
+        match (&self.sha256, &self.sha512) {
+            (Some(sha256), _) => Some(sha256.clone()),
+            (None, Some(sha512)) => cache.sha256_of_sha512(sha512),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Fetches a pinned file: cache hit, or download + verify + store under its lock.
 fn fetch_pinned(
     source: &Source,
-    sha256: &str,
+    pins: &Pins,
     cache: &Cache,
     opts: &Options,
 ) -> Result<Fetched, FetchError> {
     let wanted = signature_check(source, opts)?;
-    if let Some(hit) = cache_hit(source, sha256, cache, wanted.as_ref()) {
+    if let Some(hit) = cache_hit(source, pins, cache, wanted.as_ref()) {
         return Ok(hit);
     }
     if opts.offline {
         return Err(FetchError::Offline {
             url: source.url.clone(),
-            sha256: Some(sha256.to_string()),
+            sha256: Some(pins.key()),
             cache_dir: cache.root().to_path_buf(),
         });
     }
-    let _lock = cache.lock(sha256)?;
+    let key = pins.key();
+    let _lock = cache.lock(&key)?;
     // Another process may have stored it while this one waited for the lock.
-    if let Some(hit) = cache_hit(source, sha256, cache, wanted.as_ref()) {
+    if let Some(hit) = cache_hit(source, pins, cache, wanted.as_ref()) {
         return Ok(hit);
     }
     let http = download::Http::new(opts)?;
@@ -182,37 +221,61 @@ fn fetch_pinned(
         Some((sig, _)) => Some(http.get_small(&sig.url, SIGNATURE_LIMIT)?),
         None => None,
     };
-    let part = cache.part_path(sha256);
+    let part = cache.part_path(&key);
     let file_name = file_name(&source.url);
     // Bytes left by an earlier run may belong to an older upload at the same URL: if the resumed
     // file is wrong, try once more from scratch before blaming the server.
     let had_partial = std::fs::metadata(&part).is_ok_and(|m| m.len() > 0);
     let mut actual = http.download(&source.url, &part, true, &file_name)?;
-    if actual != sha256 && had_partial {
+    if mismatch(source, pins, &actual).is_some() && had_partial {
         actual = http.download(&source.url, &part, false, &file_name)?;
     }
-    let checked = check_download(
-        source,
-        sha256,
-        &actual,
-        &part,
-        &wanted,
-        signature.as_deref(),
-    );
+    let checked = check_download(source, pins, &actual, &part, &wanted, signature.as_deref());
     if let Err(error) = checked {
         cache::remove_if_exists(&part)?;
         return Err(error);
     }
+    // A sha512-only pin was locked under its own key: the blob is stored under its sha256.
+    let _blob_lock = match pins.sha256 {
+        Some(_) => None,
+        None => Some(cache.lock(&actual.sha256)?),
+    };
     let signer = wanted.as_ref().map(|(_, key)| key.fingerprint());
-    let path = cache.store_blob(sha256, &part, &source.url, signer.as_deref())?;
+    let path = cache.store_blob(
+        &actual.sha256,
+        &part,
+        &source.url,
+        signer.as_deref(),
+        &actual.sha512,
+    )?;
     Ok(Fetched {
         path,
-        sha256: sha256.to_string(),
+        sha256: actual.sha256,
+        sha512: Some(actual.sha512),
         file_name,
         from_cache: false,
         hash_verified: true,
         signature_verified: signer.is_some(),
     })
+}
+
+/// The first pinned digest the download does not match, as an error.
+fn mismatch(source: &Source, pins: &Pins, actual: &download::Digests) -> Option<FetchError> {
+    if let Some(expected) = pins.sha256.as_ref().filter(|e| **e != actual.sha256) {
+        return Some(FetchError::HashMismatch {
+            url: source.url.clone(),
+            expected: expected.clone(),
+            actual: actual.sha256.clone(),
+        });
+    }
+    pins.sha512
+        .as_ref()
+        .filter(|e| **e != actual.sha512)
+        .map(|expected| FetchError::Sha512Mismatch {
+            url: source.url.clone(),
+            expected: expected.clone(),
+            actual: actual.sha512.clone(),
+        })
 }
 
 /// The signature to check and the parsed, fingerprint-checked key, unless there is none or
@@ -230,21 +293,30 @@ fn signature_check<'a>(
     }
 }
 
-/// The cached entry for `sha256`, if any.
+/// The cached entry for the pinned file, if any. A sha512 pin finds its entry through the
+/// sha512 recorded when the file was downloaded and verified.
 fn cache_hit(
     source: &Source,
-    sha256: &str,
+    pins: &Pins,
     cache: &Cache,
     wanted: Option<&(&SignatureSource, SigningKey)>,
 ) -> Option<Fetched> {
-    let path = cache.blob_path(sha256)?;
-    let signature_verified = match (wanted, cache.recorded_signer(sha256)) {
+    let sha256 = pins.known_sha256(cache)?;
+    let path = cache.blob_path(&sha256)?;
+    let recorded512 = cache.recorded_sha512(&sha256);
+    if let Some(want) = &pins.sha512 {
+        if recorded512.as_ref() != Some(want) {
+            return None;
+        }
+    }
+    let signature_verified = match (wanted, cache.recorded_signer(&sha256)) {
         (Some((_, key)), Some(signer)) => signer == key.fingerprint(),
         _ => false,
     };
     Some(Fetched {
         path,
-        sha256: sha256.to_string(),
+        sha256,
+        sha512: recorded512,
         file_name: file_name(&source.url),
         from_cache: true,
         hash_verified: true,
@@ -252,21 +324,17 @@ fn cache_hit(
     })
 }
 
-/// Compares the hash and checks the signature of a finished download.
+/// Compares the hashes and checks the signature of a finished download.
 fn check_download(
     source: &Source,
-    expected: &str,
-    actual: &str,
+    pins: &Pins,
+    actual: &download::Digests,
     part: &std::path::Path,
     wanted: &Option<(&SignatureSource, SigningKey)>,
     signature: Option<&[u8]>,
 ) -> Result<(), FetchError> {
-    if actual != expected {
-        return Err(FetchError::HashMismatch {
-            url: source.url.clone(),
-            expected: expected.to_string(),
-            actual: actual.to_string(),
-        });
+    if let Some(error) = mismatch(source, pins, actual) {
+        return Err(error);
     }
     match (wanted, signature) {
         (Some((_, key)), Some(sig)) => key.verify_file(part, sig, &source.url),
@@ -288,12 +356,13 @@ fn fetch_unpinned(source: &Source, cache: &Cache, opts: &Options) -> Result<Fetc
     let http = download::Http::new(opts)?;
     let part = cache.part_path(&key);
     let file_name = file_name(&source.url);
-    let sha256 = http.download(&source.url, &part, false, &file_name)?;
-    let _blob_lock = cache.lock(&sha256)?;
-    let path = cache.store_blob(&sha256, &part, &source.url, None)?;
+    let actual = http.download(&source.url, &part, false, &file_name)?;
+    let _blob_lock = cache.lock(&actual.sha256)?;
+    let path = cache.store_blob(&actual.sha256, &part, &source.url, None, &actual.sha512)?;
     Ok(Fetched {
         path,
-        sha256,
+        sha256: actual.sha256,
+        sha512: Some(actual.sha512),
         file_name,
         from_cache: false,
         hash_verified: false,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey, SignedPublicSubKey};
 use pgp::types::KeyDetails;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{one_line, FetchError};
 
@@ -15,14 +15,27 @@ const HASH_BUFFER: usize = 1 << 20;
 
 /// Returns the lowercase hex sha256 of the file at `path`.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    digest_file::<Sha256>(path)
+}
+
+/// Returns the lowercase hex sha512 of the file at `path`.
+pub fn sha512_file(path: &Path) -> Result<String, FetchError> {
+    digest_file::<Sha512>(path)
+}
+
+/// Returns the lowercase hex digest `D` of the file at `path`.
+fn digest_file<D: Digest>(path: &Path) -> Result<String, FetchError> {
     let mut file = File::open(path).map_err(|e| FetchError::io("open", path, e))?;
-    let mut hasher = Sha256::new();
-    hash_reader(&mut file, &mut hasher).map_err(|e| FetchError::io("read", path, e))?;
+    let mut hasher = D::new();
+    hash_reader(&mut file, |b| hasher.update(b)).map_err(|e| FetchError::io("read", path, e))?;
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Feeds everything `reader` yields into `hasher`; returns the byte count.
-pub(crate) fn hash_reader(reader: &mut impl Read, hasher: &mut Sha256) -> std::io::Result<u64> {
+/// Feeds everything `reader` yields into `sink`; returns the byte count.
+pub(crate) fn hash_reader(
+    reader: &mut impl Read,
+    mut sink: impl FnMut(&[u8]),
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; HASH_BUFFER];
     let mut total = 0u64;
     loop {
@@ -32,21 +45,30 @@ pub(crate) fn hash_reader(reader: &mut impl Read, hasher: &mut Sha256) -> std::i
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
+        sink(&buf[..n]);
         total += n as u64;
     }
 }
 
 /// Checks that `value` is a sha256 (64 hex digits, case-insensitive) and returns it lowercase.
 pub fn normalize_sha256(value: &str) -> Result<String, FetchError> {
+    normalize_hex(value, 64).ok_or_else(|| FetchError::BadHash {
+        value: value.trim().chars().take(100).collect(),
+    })
+}
+
+/// Checks that `value` is a sha512 (128 hex digits, case-insensitive; the form Debian's
+/// `SHA512SUMS` lists) and returns it lowercase.
+pub fn normalize_sha512(value: &str) -> Result<String, FetchError> {
+    normalize_hex(value, 128).ok_or_else(|| FetchError::BadSha512 {
+        value: value.trim().chars().take(160).collect(),
+    })
+}
+
+fn normalize_hex(value: &str, len: usize) -> Option<String> {
     let trimmed = value.trim();
-    if trimmed.len() == 64 && trimmed.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(trimmed.to_ascii_lowercase())
-    } else {
-        Err(FetchError::BadHash {
-            value: trimmed.chars().take(100).collect(),
-        })
-    }
+    (trimmed.len() == len && trimmed.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| trimmed.to_ascii_lowercase())
 }
 
 /// Normalizes an OpenPGP fingerprint as people write it (`"ABCD 1234 …"`, `0x…`) to lowercase hex.

@@ -41,6 +41,7 @@ impl Setup {
         Source {
             url: self.url.clone(),
             sha256: Some(self.sha.clone()),
+            sha512: None,
             signature: None,
         }
     }
@@ -412,6 +413,7 @@ fn child_fetch() {
     let source = Source {
         url: var("IMGBUILD_FETCH_CHILD_URL"),
         sha256: Some(var("IMGBUILD_FETCH_CHILD_SHA256")),
+        sha512: None,
         signature: None,
     };
     let got = fetch(
@@ -439,4 +441,104 @@ fn stale_partial_from_an_older_file_is_replaced() {
     );
     assert_eq!(seen[1].range, None, "the second try starts from scratch");
     s.assert_one_good_entry();
+}
+
+/// The sha512 of `data` by coreutils' `sha512sum` (the oracle).
+fn sha512sum(data: &[u8], scratch: &std::path::Path) -> String {
+    let path = scratch.join("sha512sum-input");
+    std::fs::write(&path, data).unwrap();
+    let out = std::process::Command::new("sha512sum")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::remove_file(&path).unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn sha512_pin_downloads_resumes_and_hits_the_cache_by_sha256() {
+    let s = setup(21);
+    let sha512 = sha512sum(&s.data, s.dir.path());
+    let source = Source {
+        sha256: None,
+        sha512: Some(sha512.to_uppercase()),
+        ..s.source()
+    };
+    // Cut mid-transfer: the resumed bytes are hashed from disk for both digests.
+    s.server.script([Act::Cut(1024 * 1024 + 3)]);
+    let got = fetch(&source, &options(&s.cache_dir())).unwrap();
+    assert!(!got.from_cache && got.hash_verified);
+    assert_eq!(got.sha256, s.sha, "cached under the sha256");
+    assert_eq!(got.sha512.as_deref(), Some(sha512.as_str()));
+    assert_eq!(std::fs::read(&got.path).unwrap(), s.data);
+    assert_eq!(s.server.seen().len(), 2);
+    s.assert_one_good_entry();
+    // A second fetch by the sha512 pin alone is a cache hit: no request.
+    let again = fetch(&source, &options(&s.cache_dir())).unwrap();
+    assert!(again.from_cache);
+    assert_eq!(again.path, got.path);
+    assert_eq!(s.server.requests(), 2);
+    // So is one pinning both digests.
+    let both = Source {
+        sha256: Some(s.sha.clone()),
+        ..source.clone()
+    };
+    assert!(fetch(&both, &options(&s.cache_dir())).unwrap().from_cache);
+    let mut offline = options(&s.cache_dir());
+    offline.offline = true;
+    assert!(fetch(&source, &offline).unwrap().from_cache);
+}
+
+#[test]
+fn wrong_sha512_fails_and_leaves_nothing() {
+    let s = setup(22);
+    let wrong = sha512sum(b"something else", s.dir.path());
+    let actual = sha512sum(&s.data, s.dir.path());
+    let source = Source {
+        sha256: None,
+        sha512: Some(wrong.clone()),
+        ..s.source()
+    };
+    let err = fetch(&source, &options(&s.cache_dir())).unwrap_err();
+    match &err {
+        FetchError::Sha512Mismatch {
+            expected,
+            actual: got,
+            ..
+        } => {
+            assert_eq!(expected, &wrong);
+            assert_eq!(got, &actual);
+        }
+        other => panic!("expected a sha512 mismatch, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("sha512 mismatch") && !text.contains('\n'),
+        "{text}"
+    );
+    let cache = Cache::open(s.cache_dir()).unwrap();
+    assert!(cache.ls().unwrap().is_empty(), "nothing kept");
+    // The right sha256 with a wrong sha512 is refused too: both pins are checked.
+    let both = Source {
+        sha256: Some(s.sha.clone()),
+        ..source
+    };
+    assert!(matches!(
+        fetch(&both, &options(&s.cache_dir())),
+        Err(FetchError::Sha512Mismatch { .. })
+    ));
+    let bad = Source {
+        sha512: Some("abc".into()),
+        ..s.source()
+    };
+    assert!(matches!(
+        fetch(&bad, &options(&s.cache_dir())),
+        Err(FetchError::BadSha512 { .. })
+    ));
 }

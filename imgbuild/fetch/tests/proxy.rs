@@ -31,6 +31,7 @@ fn http_proxy_variable_is_used() {
     let source = Source {
         url: url.to_string(),
         sha256: Some(sha),
+        sha512: None,
         signature: None,
     };
     let got = fetch(&source, &options(&dir.path().join("cache"))).unwrap();

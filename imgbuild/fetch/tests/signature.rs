@@ -81,6 +81,7 @@ fn signed(served: &[u8], signature: Vec<u8>, key_file: Vec<u8>, fingerprint: &st
     let source = Source {
         url,
         sha256: Some(sha),
+        sha512: None,
         signature: Some(SignatureSource {
             url: sig_url,
             key: key_file,
