@@ -71,6 +71,8 @@ printf 'abc\nab c\nabc\n\xc3\xa9t\xc3\xa9\n' >"$seeds/allowlist/bad.txt"
 up=$seeds/unit_install
 printf 'ssh.service\n[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target graphical.target\nRequiredBy=a.target\nAlias=sshd.service\n# WantedBy=no\nAlso=ssh.socket\n' >"$up/ssh"
 printf 'getty@tty1.service\n[Install]\n WantedBy = getty.target \n;Alias=x\n[Install]\nAlias=a b\n' >"$up/getty"
+printf 'getty@.service\n[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n' >"$up/template"
+printf 'evil.service\n[Install]\nAlias=../../../etc/shadow\nWantedBy=multi-user.target/../../x\n' >"$up/escape"
 
 # --- compressed bases: each supported format, the refused ones' magics, raw ---------------------
 dp=$seeds/decompress
