@@ -30,6 +30,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(!part.exists(), ".part left behind");
-    assert_eq!(std::fs::read(&base).expect("reread base"), data, "base changed");
+    assert_eq!(
+        std::fs::read(&base).expect("reread base"),
+        data,
+        "base changed"
+    );
     let _ = std::fs::remove_file(&out);
 });

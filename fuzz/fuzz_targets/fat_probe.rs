@@ -33,5 +33,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = fs.list("/");
         let _ = fs.read_file("/config.txt");
     }
-    assert_eq!(std::fs::read(&image).expect("reread"), data, "read-only use wrote");
+    assert_eq!(
+        std::fs::read(&image).expect("reread"),
+        data,
+        "read-only use wrote"
+    );
 });

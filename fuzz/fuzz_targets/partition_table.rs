@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(table.disk_size, data.len() as u64);
     for p in &table.partitions {
-        let end = p.start.checked_add(p.size).expect("partition end overflows");
+        let end = p
+            .start
+            .checked_add(p.size)
+            .expect("partition end overflows");
         assert!(end <= table.disk_size, "partition {} past the end", p.index);
         let _ = disk::probe(&image, p);
     }

@@ -17,7 +17,10 @@ const DIR: &str = "/etc/systemd/system/";
 
 fn one_line(e: &str) {
     assert!(!e.is_empty(), "empty error");
-    assert!(!e.chars().any(char::is_control), "error with control chars: {e:?}");
+    assert!(
+        !e.chars().any(char::is_control),
+        "error with control chars: {e:?}"
+    );
 }
 
 /// Whatever `check_unit_name` accepts is a safe single path component.
@@ -25,9 +28,13 @@ fn check_name(n: &str) -> bool {
     match units::check_unit_name(n) {
         Ok(()) => {
             assert!(!n.is_empty() && n.len() <= 255, "length {}", n.len());
-            assert!(!n.contains('/') && !n.contains("..") && !n.starts_with('.'), "{n:?}");
             assert!(
-                n.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c)),
+                !n.contains('/') && !n.contains("..") && !n.starts_with('.'),
+                "{n:?}"
+            );
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c)),
                 "{n:?}"
             );
             assert!(units::UNIT_SUFFIXES.iter().any(|s| n.ends_with(s)), "{n:?}");
@@ -54,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let mut all_ok = true;
     for v in names.iter().copied().chain(&inst.default_instance) {
-        assert!(!v.is_empty() && !v.contains(char::is_whitespace), "value {v:?}");
+        assert!(
+            !v.is_empty() && !v.contains(char::is_whitespace),
+            "value {v:?}"
+        );
     }
     for v in &names {
         all_ok &= check_name(v);
@@ -65,23 +75,40 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => one_line(e),
     }
     if inst.default_instance.is_empty() {
-        assert_eq!(valid.is_ok(), all_ok, "validate disagrees with check_unit_name: {inst:?}");
+        assert_eq!(
+            valid.is_ok(),
+            all_ok,
+            "validate disagrees with check_unit_name: {inst:?}"
+        );
     }
     let path = "/lib/systemd/system/fuzz.service";
     match units::links_for(name, path, &inst) {
         Ok(links) => {
-            assert!(name_ok && valid.is_ok(), "links for an invalid unit {name:?} {inst:?}");
+            assert!(
+                name_ok && valid.is_ok(),
+                "links for an invalid unit {name:?} {inst:?}"
+            );
             assert!(!name.contains("@."), "links for a template {name:?}");
             let wants = inst.wanted_by.len() + inst.required_by.len();
             assert_eq!(links.len(), wants + inst.alias.len());
             for (i, l) in links.iter().enumerate() {
                 assert_eq!(l.target, path);
-                let rel = l.link.strip_prefix(DIR).unwrap_or_else(|| panic!("{}", l.link));
-                assert!(!rel.split('/').any(|c| c == ".." || c == "." || c.is_empty()), "{rel}");
+                let rel = l
+                    .link
+                    .strip_prefix(DIR)
+                    .unwrap_or_else(|| panic!("{}", l.link));
+                assert!(
+                    !rel.split('/')
+                        .any(|c| c == ".." || c == "." || c.is_empty()),
+                    "{rel}"
+                );
                 if i < wants {
                     let (dir, file) = rel.split_once('/').unwrap_or_else(|| panic!("{rel}"));
                     assert_eq!(file, name);
-                    assert!(dir.ends_with(".wants") || dir.ends_with(".requires"), "{rel}");
+                    assert!(
+                        dir.ends_with(".wants") || dir.ends_with(".requires"),
+                        "{rel}"
+                    );
                 } else {
                     assert!(!rel.contains('/'), "alias link is not one file name: {rel}");
                 }
