@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the Rust workspace (debug profile), the first-boot scripts
 # (shellcheck + bats), the cloud lint, and the QEMU field test (tests/field/run.sh: a real Debian
-# arm64 Raspberry Pi image built by imgbuild boots and provisions itself; root only, ~25-35 min on
+# arm64 Raspberry Pi image built by imgbuild boots and provisions itself; root only, ~30 min on
 # 2 cores). Needs the packages from scripts/install-deps.sh.
 # IMGBUILD_SKIP_FIELD=1 skips the field test (quick local runs; CI always runs it).
 set -euo pipefail
