@@ -151,12 +151,15 @@ struct CacheArgs {
 /// `imgbuild cache` subcommands.
 #[derive(Subcommand, Debug)]
 enum CacheCommand {
-    /// List cached downloads and raw images.
+    /// List cached downloads, raw images, scratch files, locks, and chunk blocks, chunk
+    /// indexes, remembered base hashes, base check verdicts and .debs (by kind).
     Ls {
         #[command(flatten)]
         cache: CacheArgs,
     },
-    /// Remove cached entries (all, or only those not pinned by a known board with --keep-pinned).
+    /// Remove cached entries (all downloads, or only those not pinned by a known board with
+    /// --keep-pinned), with every chunk block, chunk index, remembered hash, verdict, .deb,
+    /// unused lock and scratch file of a dead build.
     Prune {
         #[command(flatten)]
         cache: CacheArgs,
@@ -250,22 +253,32 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
     let err = |e: imgbuild_fetch::FetchError| Error::msg(e.to_string());
     match cmd {
         CacheCommand::Ls { cache } => {
-            let c = imgbuild_fetch::Cache::open(base::cache_dir(cache.cache_dir.as_deref())?)
-                .map_err(err)?;
+            let root = base::cache_dir(cache.cache_dir.as_deref())?;
+            let c = imgbuild_fetch::Cache::open(&root).map_err(err)?;
             for e in c.ls().map_err(err)? {
                 println!(
-                    "{:<9} {:>14} {}  {}",
+                    "{:<11} {:>14} {}  {}",
                     e.kind.name(),
                     e.size,
                     e.key,
                     e.url.as_deref().unwrap_or("")
                 );
             }
+            for f in c.ls_other().map_err(err)? {
+                let kind = match (f.kind, f.live) {
+                    ("scratch", false) => "scratch (writer gone)",
+                    (kind, _) => kind,
+                };
+                println!("{:<11} {:>14} {}", kind, f.size, f.path.display());
+            }
+            for u in imgbuild_core::cachedir::usage(&root)? {
+                println!("{:<11} {:>14} {} files", u.kind, u.bytes, u.files);
+            }
             Ok(())
         }
         CacheCommand::Prune { cache, keep_pinned } => {
-            let c = imgbuild_fetch::Cache::open(base::cache_dir(cache.cache_dir.as_deref())?)
-                .map_err(err)?;
+            let root = base::cache_dir(cache.cache_dir.as_deref())?;
+            let c = imgbuild_fetch::Cache::open(&root).map_err(err)?;
             let pinned: Vec<String> = board::load_all(boards_dir)?
                 .values()
                 .filter_map(|b| match b.base.sha256.is_empty() {
@@ -276,10 +289,14 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
             let report = c
                 .prune(|e| keep_pinned && pinned.contains(&e.key))
                 .map_err(err)?;
+            let others = imgbuild_core::cachedir::prune(&root)?;
+            let other_files: u64 = others.iter().map(|u| u.files).sum();
+            let other_bytes: u64 = others.iter().map(|u| u.bytes).sum();
             println!(
-                "removed {} entries, freed {} bytes ({} busy)",
+                "removed {} entries and {} other files, freed {} bytes ({} busy)",
                 report.removed.len(),
-                report.freed_bytes,
+                report.other.len() as u64 + other_files,
+                report.freed_bytes + other_bytes,
                 report.busy.len()
             );
             Ok(())
@@ -437,6 +454,14 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         progress: tty,
         boards_dir: boards_dir.map(Path::to_path_buf),
     };
+    // Scratch files of builds that were killed (e.g. a half-decompressed base) go first.
+    if let Ok(dir) = base::cache_dir(args.cache.cache_dir.as_deref()) {
+        if let Ok(swept) = imgbuild_fetch::Cache::open(&dir).and_then(|c| c.sweep_scratch()) {
+            for p in swept {
+                tracing::info!(path = %p.display(), "removed a dead build's scratch file");
+            }
+        }
+    }
     let mut base = base::resolve(&board, &base_req)?;
     // Incremental packing needs a cache; without one (no HOME) everything is compressed.
     let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();

@@ -178,9 +178,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
     };
     let cfg = req.config;
     let mut incremental = match (req.chunk_cache, req.compress) {
-        (Some(dir), Compress::Xz { .. }) => {
-            Some(pack::Incremental::prepare(dir, &base_sha, &work.0)?)
-        }
+        (Some(dir), Compress::Xz { .. }) => pack::Incremental::prepare(dir, &base_sha, &work.0)?,
         _ => None,
     };
     let with_debs;
