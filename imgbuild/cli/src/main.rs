@@ -382,6 +382,10 @@ fn upload_artifacts(
 }
 
 fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
+    // Everything a build creates is private (0600 files, 0700 directories: working copy,
+    // temporary outputs, cache files); the user's umask decides the mode of the outputs of an
+    // image that holds no secret.
+    let umask = imgbuild_core::secrets::private_umask();
     #[cfg(feature = "cloud")]
     if let Some(to) = &args.upload {
         imgbuild_cloud::cli::check_destination(to)
@@ -494,6 +498,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         progress: &progress,
         chunk_cache: chunk_cache.as_deref(),
         preseed_debs,
+        umask,
     };
     let summary = pipeline::build(&req)?;
     #[cfg(feature = "cloud")]

@@ -22,6 +22,7 @@ pub mod payload;
 pub mod pipeline;
 pub mod plan;
 pub mod preseed;
+pub mod secrets;
 pub mod source;
 pub mod units;
 

@@ -66,6 +66,9 @@ pub struct BuildRequest<'a> {
     /// Cache directory for compressed chunks: a rebuild on the same base recompresses only the
     /// chunks the apply stage wrote. `None` compresses everything.
     pub chunk_cache: Option<&'a Path>,
+    /// The user's umask (as returned by [`crate::secrets::private_umask`]): outputs of an image
+    /// without secrets get `0666 & !umask`; those of an image with one are always `0600`.
+    pub umask: u32,
 }
 
 /// What `--preseed` downloads as .debs.
@@ -97,7 +100,19 @@ pub struct Manifest {
     /// The partition table as read from the image.
     pub partition_table: Table,
     /// Every file, directory and link written.
-    pub files: Vec<Written>,
+    pub files: Vec<ManifestFile>,
+}
+
+/// One entry of the manifest's `files`: what was written, and whether it is secret (then it
+/// carries no hash: a key's sha256 would let anyone holding the manifest confirm a guess).
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestFile {
+    /// What was written (`sha256` is `None` for a secret file).
+    #[serde(flatten)]
+    pub written: Written,
+    /// True for a secret file (see [`crate::secrets`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// The base image as recorded in the manifest.
@@ -137,8 +152,15 @@ impl Drop for WorkCopy {
 
 /// Runs the build.
 pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
-    std::fs::create_dir_all(req.out_dir)
-        .context(|| format!("creating output directory {}", req.out_dir.display()))?;
+    if !req.out_dir.is_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(req.out_dir)
+            .and_then(|()| {
+                let mode = 0o777 & !req.umask;
+                std::fs::set_permissions(req.out_dir, std::fs::Permissions::from_mode(mode))
+            })
+            .context(|| format!("creating output directory {}", req.out_dir.display()))?;
+    }
     let base_sha = match &req.base_sha256 {
         Some(s) => s.clone(),
         None => timed("base sha256", || pack::hash_base(req.base, req.chunk_cache))?,
@@ -197,6 +219,11 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         dirty_ranges = applied.dirty.len(),
         "applied"
     );
+    let secrets = crate::secrets::secret_files(req.board, plan, &applied.written);
+    let output_mode = match secrets.is_empty() {
+        true => crate::secrets::public_mode(req.umask),
+        false => 0o600,
+    };
 
     let bmap = || {
         timed("bmap", || {
@@ -218,6 +245,16 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         xz => {
             if let Some(inc) = incremental.as_mut() {
                 inc.mark(&applied.dirty);
+                if !secrets.is_empty() {
+                    let ranges = crate::secrets::secret_ranges(
+                        &work.0,
+                        root,
+                        boot,
+                        &secrets,
+                        &applied.dirty,
+                    );
+                    inc.never_cache(&ranges);
+                }
             }
             // The bmap is hashed while the image is compressed: a warm rebuild takes most
             // chunks from the cache and leaves cores free.
@@ -258,11 +295,28 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         },
         raw_size,
         partition_table: table,
-        files: applied.written,
+        files: applied
+            .written
+            .into_iter()
+            .map(|mut w| {
+                let secret = secrets
+                    .iter()
+                    .any(|s| s.partition == w.partition && s.path == w.path && w.kind == "file");
+                if secret {
+                    w.sha256 = None;
+                }
+                ManifestFile { written: w, secret }
+            })
+            .collect(),
     };
     let json = serde_json::to_string_pretty(&manifest).context(|| "serializing the manifest")?;
     std::fs::write(&manifest_tmp, json + "\n")
         .context(|| format!("writing {}", manifest_tmp.display()))?;
+    for tmp in [&image_tmp, &sha_tmp, &bmap_tmp, &manifest_tmp] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(output_mode))
+            .context(|| format!("setting the mode of {}", tmp.display()))?;
+    }
     staged.commit()?;
     Ok(BuildSummary {
         image,
