@@ -181,7 +181,13 @@ enum CompressArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    match run(cli) {
+    let result = run(cli);
+    // A signal arrived: its thread cleans up and exits 128 + signal; the build's own result
+    // (possibly an error caused by that cleanup) is not reported.
+    while imgbuild_core::scratch::interrupted() {
+        std::thread::park();
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imgbuild: error: {e}");
@@ -386,6 +392,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     // temporary outputs, cache files); the user's umask decides the mode of the outputs of an
     // image that holds no secret.
     let umask = imgbuild_core::secrets::private_umask();
+    install_signal_cleanup()?;
     #[cfg(feature = "cloud")]
     if let Some(to) = &args.upload {
         imgbuild_cloud::cli::check_destination(to)
@@ -467,6 +474,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         }
     }
     let mut base = base::resolve(&board, &base_req)?;
+    imgbuild_core::crashpoint::hit("base-resolved");
     // Incremental packing needs a cache; without one (no HOME) everything is compressed.
     let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();
     let progress = progress::Bars::new();
@@ -474,6 +482,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     let raw = base::cached_raw(&mut base, chunk_cache.as_deref(), &|p| progress.set(p));
     progress.finish();
     let raw = raw?;
+    imgbuild_core::crashpoint::hit("raw-cached");
     let req = BuildRequest {
         board: &board,
         config: &config,
@@ -532,5 +541,28 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
             println!("{line}");
         }
     }
+    imgbuild_core::crashpoint::hit("summary-printed");
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP end a build cleanly: the handler only writes to a pipe
+/// (signal-hook's self-pipe, async-signal-safe); this thread then removes the build's scratch
+/// directory (working copy and temporary outputs; a publish in progress is finished first) and
+/// exits with 128 + the signal number. Having a handler also makes SIGTERM work when imgbuild is
+/// PID 1 in a container (the kernel drops signals PID 1 has no handler for).
+fn install_signal_cleanup() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::msg(format!("installing the signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                imgbuild_core::scratch::abort();
+                eprintln!("imgbuild: error: interrupted by signal {sig}; the build's temporary files are removed");
+                std::process::exit(128 + sig);
+            }
+        })
+        .map_err(|e| Error::msg(format!("starting the signal thread: {e}")))?;
     Ok(())
 }
