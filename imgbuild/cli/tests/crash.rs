@@ -799,3 +799,43 @@ fn sigint_and_sigterm_to_pid_1_remove_the_working_copy() {
     assert_eq!(which_set(&out, m), "prev");
     assert_eq!(extra_names(&out), Vec::<String>::new());
 }
+
+#[test]
+fn an_unwritable_cache_only_warns_and_dead_scratch_files_are_swept_at_start() {
+    let m = matrix();
+    let out = m.dir.path().join("unwritable-out");
+    // Block folders that are files: no block can be stored (ENOTDIR, even for root).
+    let cache = m.dir.path().join("unwritable-cache");
+    std::fs::create_dir_all(cache.join("chunks/chunks")).expect("mkdir");
+    for b in 0..=255u8 {
+        std::fs::write(cache.join(format!("chunks/chunks/{b:02x}")), b"").expect("block");
+    }
+    // What a decompression killed with its process leaves (the pid is of an exited child).
+    let mut child = Command::new("true").spawn().expect("spawn");
+    let dead = child.id();
+    child.wait().expect("wait");
+    std::fs::create_dir_all(cache.join("tmp")).expect("mkdir");
+    let part = cache.join(format!("tmp/{}.{dead}-1.0.tmp.part", "cd".repeat(32)));
+    std::fs::write(&part, vec![1u8; 4096]).expect("part");
+    let o = build(m.dir.path(), &out, &cache);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("not stored"), "no warning: {stderr}");
+    assert_eq!(which_set(&out, m), "new");
+    assert!(
+        !part.exists(),
+        "the dead writer's scratch file was not swept"
+    );
+    // The whole chunk cache unusable (its folder is a file).
+    let cache = m.dir.path().join("no-chunk-cache");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    std::fs::write(cache.join("chunks"), b"").expect("block");
+    let o = build(m.dir.path(), &out, &cache);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("chunk cache not used"),
+        "no warning: {stderr}"
+    );
+    assert_eq!(which_set(&out, m), "new");
+}
