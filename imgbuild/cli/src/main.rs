@@ -479,7 +479,12 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();
     let progress = progress::Bars::new();
     progress.start("decompress", 0);
-    let raw = base::cached_raw(&mut base, chunk_cache.as_deref(), &|p| progress.set(p));
+    let raw = base::cached_raw(&mut base, chunk_cache.as_deref(), &|p| {
+        progress.set(p);
+        if p > 0 {
+            imgbuild_core::crashpoint::hit("decompressing");
+        }
+    });
     progress.finish();
     let raw = raw?;
     imgbuild_core::crashpoint::hit("raw-cached");

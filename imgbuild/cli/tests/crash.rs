@@ -86,10 +86,15 @@ fn build_cmd(dir: &Path, out: &Path, cache: &Path) -> Command {
 }
 
 /// [`build_cmd`]'s arguments added to `c` (a wrapper such as `unshare` may come first).
-fn build_cmd_with(mut c: Command, dir: &Path, out: &Path, cache: &Path) -> Command {
+fn build_cmd_with(c: Command, dir: &Path, out: &Path, cache: &Path) -> Command {
+    build_cmd_base(c, dir, out, cache, &tiny().path)
+}
+
+/// [`build_cmd_with`] from the base image `base`.
+fn build_cmd_base(mut c: Command, dir: &Path, out: &Path, cache: &Path, base: &Path) -> Command {
     c.current_dir(dir)
         .args(["--board", "rpi4", "--base"])
-        .arg(&tiny().path)
+        .arg(base)
         .arg("--out")
         .arg(out)
         .arg("--cache-dir")
@@ -583,8 +588,10 @@ fn killed_or_terminated_at_every_crash_point_out_stays_complete_and_no_key_leaks
     let cache = m.dir.path().join("matrix-cache");
     let points = imgbuild_core::crashpoint::POINTS;
     assert!(points.len() >= 20);
+    // "decompressing" needs a compressed base: see the test below.
     let cases: Vec<(&str, &str)> = points
         .iter()
+        .filter(|p| **p != "decompressing")
         .flat_map(|p| [(*p, "kill"), (*p, "term")])
         .collect();
     // Two lanes sharing the cache (concurrent builds share it in real use too).
@@ -838,4 +845,63 @@ fn an_unwritable_cache_only_warns_and_dead_scratch_files_are_swept_at_start() {
         "no warning: {stderr}"
     );
     assert_eq!(which_set(&out, m), "new");
+}
+
+#[test]
+fn stopped_while_decompressing_the_base_into_the_cache() {
+    let m = matrix();
+    let base = m.dir.path().join("xz-base/base.img");
+    std::fs::create_dir_all(base.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(&tiny().path, &base).expect("copy");
+    let xz = imgbuild_testkit::compress(&base, imgbuild_testkit::Compression::Xz);
+    std::fs::remove_file(&base).expect("rm raw");
+    let cmd = |out: &Path, cache: &Path| {
+        let c = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+        build_cmd_base(c, m.dir.path(), out, cache, &xz)
+    };
+    let cold_out = m.dir.path().join("xz-cold-out");
+    let o = cmd(&cold_out, &m.dir.path().join("xz-cold-cache"))
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cold = output_set(&cold_out);
+    for signal in ["kill", "term"] {
+        let out = m.dir.path().join(format!("xz-out-{signal}"));
+        let cache = m.dir.path().join(format!("xz-cache-{signal}"));
+        let o = cmd(&out, &cache)
+            .env(
+                "IMGBUILD_TEST_CRASH_POINT",
+                format!("decompressing:{signal}"),
+            )
+            .output()
+            .expect("run");
+        assert!(
+            !o.status.success(),
+            "{signal}: not stopped while decompressing"
+        );
+        // The half-written raw image is in the cache's scratch area, its writer gone.
+        let o = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .args(["cache", "ls", "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .expect("cache ls");
+        let ls = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(ls.contains("scratch (writer gone)"), "{signal}: {ls}");
+        assert!(!ls.lines().any(|l| l.starts_with("raw")), "{signal}: {ls}");
+        let o = cmd(&out, &cache).output().expect("run");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            output_set(&out),
+            cold,
+            "{signal}: differs from a cold build"
+        );
+        let o = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .args(["cache", "ls", "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .expect("cache ls");
+        let ls = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(!ls.contains("scratch"), "{signal}: swept at start: {ls}");
+        assert!(ls.lines().any(|l| l.starts_with("raw")), "{signal}: {ls}");
+    }
 }

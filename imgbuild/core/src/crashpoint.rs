@@ -9,9 +9,11 @@
 //! Release builds compile [`hit`] to nothing. The points are listed in [`POINTS`] so tests can
 //! iterate over them.
 
-/// Every crash point, in the order a successful build reaches them.
+/// Every crash point, in the order a successful build reaches them (`decompressing` only with a
+/// compressed base that is not in the cache yet).
 pub const POINTS: &[&str] = &[
     "base-resolved",
+    "decompressing",
     "raw-cached",
     "scratch-created",
     "working-copy",
