@@ -392,7 +392,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     // temporary outputs, cache files); the user's umask decides the mode of the outputs of an
     // image that holds no secret.
     let umask = imgbuild_core::secrets::private_umask();
-    install_signal_cleanup()?;
+    install_signal_cleanup(base::cache_dir(args.cache.cache_dir.as_deref()).ok())?;
     #[cfg(feature = "cloud")]
     if let Some(to) = &args.upload {
         imgbuild_cloud::cli::check_destination(to)
@@ -553,9 +553,10 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
 /// SIGINT, SIGTERM and SIGHUP end a build cleanly: the handler only writes to a pipe
 /// (signal-hook's self-pipe, async-signal-safe); this thread then removes the build's scratch
 /// directory (working copy and temporary outputs; a publish in progress is finished first) and
-/// exits with 128 + the signal number. Having a handler also makes SIGTERM work when imgbuild is
-/// PID 1 in a container (the kernel drops signals PID 1 has no handler for).
-fn install_signal_cleanup() -> Result<()> {
+/// this process's scratch files in `cache` (a half-decompressed base), and exits with 128 + the
+/// signal number. Having a handler also makes SIGTERM work when imgbuild is PID 1 in a
+/// container (the kernel drops signals PID 1 has no handler for).
+fn install_signal_cleanup(cache: Option<PathBuf>) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| Error::msg(format!("installing the signal handlers: {e}")))?;
@@ -564,6 +565,9 @@ fn install_signal_cleanup() -> Result<()> {
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 imgbuild_core::scratch::abort();
+                if let Some(dir) = &cache {
+                    let _ = imgbuild_fetch::Cache::open(dir).and_then(|c| c.remove_own_scratch());
+                }
                 eprintln!("imgbuild: error: interrupted by signal {sig}; the build's temporary files are removed");
                 std::process::exit(128 + sig);
             }

@@ -180,6 +180,21 @@ impl Cache {
         Ok(removed)
     }
 
+    /// Deletes the scratch files of this process (for a signal handler about to exit: they
+    /// would otherwise wait for the next build's sweep); returns them.
+    pub fn remove_own_scratch(&self) -> Result<Vec<PathBuf>, FetchError> {
+        let pid = std::process::id();
+        let mine = format!(".{pid}-{}.", process_start(pid).unwrap_or(0));
+        let mut removed = Vec::new();
+        for (path, name) in list_dir(&self.root.join("tmp"))? {
+            if scratch_owner_alive(&name).is_some() && name.contains(&mine) {
+                remove_if_exists(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Lists the files that are not entries: scratch files (with whether their writer is
     /// alive), download records whose download is not cached, and lock files.
     pub fn ls_other(&self) -> Result<Vec<OtherFile>, FetchError> {
