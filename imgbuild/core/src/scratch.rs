@@ -160,11 +160,14 @@ fn sweep_locked(out: &Path) -> Result<usize> {
             continue;
         }
         if let Ok(journal) = fs::read_to_string(dir.join(JOURNAL)) {
-            finish_publish(out, &dir, &journal)?;
-            tracing::warn!(
-                "finished the interrupted publish of a killed build ({})",
-                dir.display()
-            );
+            match finish_publish(out, &dir, &journal) {
+                Ok(()) => tracing::warn!(
+                    "finished the interrupted publish of a killed build ({})",
+                    dir.display()
+                ),
+                // Its outputs stay as they are; the new build replaces them.
+                Err(e) => tracing::warn!("not finishing an interrupted publish: {e}"),
+            }
         }
         fs::remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
         swept += 1;
