@@ -33,6 +33,7 @@ const FUNCTIONS: &[&str] = &[
     "ext2fs_is_fast_symlink",
     "ext2fs_dir_iterate2",
     "ext2fs_blocks_count",
+    "ext2fs_bmap2",
     "ext2fs_free_blocks_count",
     "error_message",
     "initialize_ext2_error_table",

@@ -151,12 +151,15 @@ struct CacheArgs {
 /// `imgbuild cache` subcommands.
 #[derive(Subcommand, Debug)]
 enum CacheCommand {
-    /// List cached downloads and raw images.
+    /// List cached downloads, raw images, scratch files, locks, and chunk blocks, chunk
+    /// indexes, remembered base hashes, base check verdicts and .debs (by kind).
     Ls {
         #[command(flatten)]
         cache: CacheArgs,
     },
-    /// Remove cached entries (all, or only those not pinned by a known board with --keep-pinned).
+    /// Remove cached entries (all downloads, or only those not pinned by a known board with
+    /// --keep-pinned), with every chunk block, chunk index, remembered hash, verdict, .deb,
+    /// unused lock and scratch file of a dead build.
     Prune {
         #[command(flatten)]
         cache: CacheArgs,
@@ -178,7 +181,13 @@ enum CompressArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    match run(cli) {
+    let result = run(cli);
+    // A signal arrived: its thread cleans up and exits 128 + signal; the build's own result
+    // (possibly an error caused by that cleanup) is not reported.
+    while imgbuild_core::scratch::interrupted() {
+        std::thread::park();
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imgbuild: error: {e}");
@@ -250,22 +259,32 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
     let err = |e: imgbuild_fetch::FetchError| Error::msg(e.to_string());
     match cmd {
         CacheCommand::Ls { cache } => {
-            let c = imgbuild_fetch::Cache::open(base::cache_dir(cache.cache_dir.as_deref())?)
-                .map_err(err)?;
+            let root = base::cache_dir(cache.cache_dir.as_deref())?;
+            let c = imgbuild_fetch::Cache::open(&root).map_err(err)?;
             for e in c.ls().map_err(err)? {
                 println!(
-                    "{:<9} {:>14} {}  {}",
+                    "{:<11} {:>14} {}  {}",
                     e.kind.name(),
                     e.size,
                     e.key,
                     e.url.as_deref().unwrap_or("")
                 );
             }
+            for f in c.ls_other().map_err(err)? {
+                let kind = match (f.kind, f.live) {
+                    ("scratch", false) => "scratch (writer gone)",
+                    (kind, _) => kind,
+                };
+                println!("{:<11} {:>14} {}", kind, f.size, f.path.display());
+            }
+            for u in imgbuild_core::cachedir::usage(&root)? {
+                println!("{:<11} {:>14} {} files", u.kind, u.bytes, u.files);
+            }
             Ok(())
         }
         CacheCommand::Prune { cache, keep_pinned } => {
-            let c = imgbuild_fetch::Cache::open(base::cache_dir(cache.cache_dir.as_deref())?)
-                .map_err(err)?;
+            let root = base::cache_dir(cache.cache_dir.as_deref())?;
+            let c = imgbuild_fetch::Cache::open(&root).map_err(err)?;
             let pinned: Vec<String> = board::load_all(boards_dir)?
                 .values()
                 .filter_map(|b| match b.base.sha256.is_empty() {
@@ -276,10 +295,14 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
             let report = c
                 .prune(|e| keep_pinned && pinned.contains(&e.key))
                 .map_err(err)?;
+            let others = imgbuild_core::cachedir::prune(&root)?;
+            let other_files: u64 = others.iter().map(|u| u.files).sum();
+            let other_bytes: u64 = others.iter().map(|u| u.bytes).sum();
             println!(
-                "removed {} entries, freed {} bytes ({} busy)",
+                "removed {} entries and {} other files, freed {} bytes ({} busy)",
                 report.removed.len(),
-                report.freed_bytes,
+                report.other.len() as u64 + other_files,
+                report.freed_bytes + other_bytes,
                 report.busy.len()
             );
             Ok(())
@@ -365,6 +388,11 @@ fn upload_artifacts(
 }
 
 fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
+    // Everything a build creates is private (0600 files, 0700 directories: working copy,
+    // temporary outputs, cache files); the user's umask decides the mode of the outputs of an
+    // image that holds no secret.
+    let umask = imgbuild_core::secrets::private_umask();
+    install_signal_cleanup()?;
     #[cfg(feature = "cloud")]
     if let Some(to) = &args.upload {
         imgbuild_cloud::cli::check_destination(to)
@@ -437,7 +465,16 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         progress: tty,
         boards_dir: boards_dir.map(Path::to_path_buf),
     };
+    // Scratch files of builds that were killed (e.g. a half-decompressed base) go first.
+    if let Ok(dir) = base::cache_dir(args.cache.cache_dir.as_deref()) {
+        if let Ok(swept) = imgbuild_fetch::Cache::open(&dir).and_then(|c| c.sweep_scratch()) {
+            for p in swept {
+                tracing::info!(path = %p.display(), "removed a dead build's scratch file");
+            }
+        }
+    }
     let mut base = base::resolve(&board, &base_req)?;
+    imgbuild_core::crashpoint::hit("base-resolved");
     // Incremental packing needs a cache; without one (no HOME) everything is compressed.
     let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();
     let progress = progress::Bars::new();
@@ -445,6 +482,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     let raw = base::cached_raw(&mut base, chunk_cache.as_deref(), &|p| progress.set(p));
     progress.finish();
     let raw = raw?;
+    imgbuild_core::crashpoint::hit("raw-cached");
     let req = BuildRequest {
         board: &board,
         config: &config,
@@ -469,6 +507,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         progress: &progress,
         chunk_cache: chunk_cache.as_deref(),
         preseed_debs,
+        umask,
     };
     let summary = pipeline::build(&req)?;
     #[cfg(feature = "cloud")]
@@ -502,5 +541,28 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
             println!("{line}");
         }
     }
+    imgbuild_core::crashpoint::hit("summary-printed");
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP end a build cleanly: the handler only writes to a pipe
+/// (signal-hook's self-pipe, async-signal-safe); this thread then removes the build's scratch
+/// directory (working copy and temporary outputs; a publish in progress is finished first) and
+/// exits with 128 + the signal number. Having a handler also makes SIGTERM work when imgbuild is
+/// PID 1 in a container (the kernel drops signals PID 1 has no handler for).
+fn install_signal_cleanup() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::msg(format!("installing the signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                imgbuild_core::scratch::abort();
+                eprintln!("imgbuild: error: interrupted by signal {sig}; the build's temporary files are removed");
+                std::process::exit(128 + sig);
+            }
+        })
+        .map_err(|e| Error::msg(format!("starting the signal thread: {e}")))?;
     Ok(())
 }

@@ -251,7 +251,28 @@ fn rpi_os_build_injects_everything_and_stays_clean() {
         (secret["mode"].as_str(), secret["owner"].as_str()),
         (Some("0600"), Some("0:4"))
     );
-    assert_eq!(secret["sha256"], sha256_hex(b"s3cr3t\n"));
+    // A 0600 file is secret: listed, without its hash; the outputs are then 0600 too.
+    assert_eq!(secret["secret"], true);
+    assert!(secret.get("sha256").is_none(), "{secret}");
+    let conf = files
+        .iter()
+        .find(|e| e["path"] == "/etc/app/app.conf")
+        .expect("app.conf in manifest");
+    assert_eq!(conf["sha256"], sha256_hex(b"level=debug\n"));
+    assert!(conf.get("secret").is_none(), "{conf}");
+    for name in [
+        "img.img.xz",
+        "img.img.xz.sha256",
+        "img.bmap",
+        "manifest.json",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("dist").join(name))
+            .expect("output")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
 }
 
 fn sha256_hex(b: &[u8]) -> String {

@@ -91,6 +91,9 @@ pub fn write_image(
             let opts = imgbuild_pack::XzOptions {
                 preset: level,
                 memory_limit: Some(MEMORY_LIMIT),
+                never_cache: incremental
+                    .map(|i| i.never_cache.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             };
             let (cache, dirty) = match incremental {
@@ -104,8 +107,15 @@ pub fn write_image(
                 compressed = stats.compressed_chunks,
                 cache_hits = stats.cache_hits,
                 hashed = stats.hashed_chunks,
+                uncached = stats.uncached_chunks,
                 "compressed"
             );
+            if let Some(e) = &stats.first_cache_error {
+                tracing::warn!(
+                    "chunk cache: {} block(s) not stored ({e}); the build goes on without them",
+                    stats.cache_write_errors
+                );
+            }
         }
         Compress::None => {
             // Only used when the raw image could not simply be renamed; copies sparsely.
@@ -131,33 +141,52 @@ pub struct Incremental {
     pub cache: imgbuild_pack::ChunkCache,
     /// Base chunk index plus written ranges.
     pub dirty: imgbuild_pack::DirtyMap,
+    /// Byte ranges of the image holding secret bytes: their chunks never enter the cache.
+    pub never_cache: Vec<std::ops::Range<u64>>,
 }
 
 impl Incremental {
     /// Prepares incremental packing of the working copy `raw` (still equal to the base image)
     /// under `cache_dir`: loads the base's chunk index (keyed by `base_sha256`) or computes and
-    /// stores it.
-    pub fn prepare(cache_dir: &Path, base_sha256: &str, raw: &Path) -> Result<Incremental> {
-        let err = |e: imgbuild_pack::Error| {
-            Error::msg(format!("chunk cache {}: {e}", cache_dir.display()))
-        };
-        let cache = imgbuild_pack::ChunkCache::new(cache_dir.join("chunks")).map_err(err)?;
+    /// stores it. The cache is an optimisation: when it cannot be used (no permission, full
+    /// disk) this warns and returns `Ok(None)`, and the build compresses everything.
+    pub fn prepare(cache_dir: &Path, base_sha256: &str, raw: &Path) -> Result<Option<Incremental>> {
         let mut key = [0u8; 32];
         hex::decode_to_slice(base_sha256, &mut key)
             .map_err(|e| Error::msg(format!("base sha256 {base_sha256:?}: {e}")))?;
+        let cache = match imgbuild_pack::ChunkCache::new(cache_dir.join("chunks")) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("chunk cache not used: {e}");
+                return Ok(None);
+            }
+        };
         let size = imgbuild_pack::DEFAULT_CHUNK_SIZE;
-        let index = match cache.load_index(&key, size).map_err(err)? {
+        let index = match cache.load_index(&key, size) {
             Some(i) => i,
             None => {
-                let i = imgbuild_pack::ChunkIndex::compute(raw, size).map_err(err)?;
-                cache.store_index(&key, &i).map_err(err)?;
+                let i = imgbuild_pack::ChunkIndex::compute(raw, size)
+                    .map_err(|e| Error::msg(format!("hashing {}: {e}", raw.display())))?;
+                if let Err(e) = cache.store_index(&key, &i) {
+                    tracing::warn!("chunk index not stored: {e}");
+                }
                 i
             }
         };
-        Ok(Incremental {
+        Ok(Some(Incremental {
             cache,
             dirty: imgbuild_pack::DirtyMap::new(index),
-        })
+            never_cache: Vec::new(),
+        }))
+    }
+
+    /// Keeps the chunks overlapping `ranges` (offset, length) out of the cache.
+    pub fn never_cache(&mut self, ranges: &[(u64, u64)]) {
+        self.never_cache.extend(
+            ranges
+                .iter()
+                .map(|&(off, len)| off..off.saturating_add(len)),
+        );
     }
 
     /// Records the byte ranges the apply stage wrote.

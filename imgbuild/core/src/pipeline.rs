@@ -6,7 +6,7 @@ use crate::board::{Board, FsType, Role, TableType};
 use crate::config::Config;
 use crate::disk::{self, FsKind, Table, TableKind};
 use crate::error::{Context, Error, Result};
-use crate::pack::{self, Artifact, Compress, Staged};
+use crate::pack::{self, Artifact, Compress};
 use crate::plan::Plan;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,9 @@ pub struct BuildRequest<'a> {
     /// Cache directory for compressed chunks: a rebuild on the same base recompresses only the
     /// chunks the apply stage wrote. `None` compresses everything.
     pub chunk_cache: Option<&'a Path>,
+    /// The user's umask (as returned by [`crate::secrets::private_umask`]): outputs of an image
+    /// without secrets get `0666 & !umask`; those of an image with one are always `0600`.
+    pub umask: u32,
 }
 
 /// What `--preseed` downloads as .debs.
@@ -97,7 +100,19 @@ pub struct Manifest {
     /// The partition table as read from the image.
     pub partition_table: Table,
     /// Every file, directory and link written.
-    pub files: Vec<Written>,
+    pub files: Vec<ManifestFile>,
+}
+
+/// One entry of the manifest's `files`: what was written, and whether it is secret (then it
+/// carries no hash: a key's sha256 would let anyone holding the manifest confirm a guess).
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestFile {
+    /// What was written (`sha256` is `None` for a secret file).
+    #[serde(flatten)]
+    pub written: Written,
+    /// True for a secret file (see [`crate::secrets`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// The base image as recorded in the manifest.
@@ -137,8 +152,15 @@ impl Drop for WorkCopy {
 
 /// Runs the build.
 pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
-    std::fs::create_dir_all(req.out_dir)
-        .context(|| format!("creating output directory {}", req.out_dir.display()))?;
+    if !req.out_dir.is_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(req.out_dir)
+            .and_then(|()| {
+                let mode = 0o777 & !req.umask;
+                std::fs::set_permissions(req.out_dir, std::fs::Permissions::from_mode(mode))
+            })
+            .context(|| format!("creating output directory {}", req.out_dir.display()))?;
+    }
     let base_sha = match &req.base_sha256 {
         Some(s) => s.clone(),
         None => timed("base sha256", || pack::hash_base(req.base, req.chunk_cache))?,
@@ -149,25 +171,32 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
     };
     let image_name = format!("{}.{ext}", req.name);
     let image_path = req.out_dir.join(&image_name);
-    let mut staged = Staged::default();
-    let image_tmp = staged.add(&image_path);
-    let sha_path = req.out_dir.join(format!("{image_name}.sha256"));
-    let sha_tmp = staged.add(&sha_path);
-    let bmap_path = req.out_dir.join(format!("{}.bmap", req.name));
-    let bmap_tmp = staged.add(&bmap_path);
+    let sha_name = format!("{image_name}.sha256");
+    let sha_path = req.out_dir.join(&sha_name);
+    let bmap_name = format!("{}.bmap", req.name);
+    let bmap_path = req.out_dir.join(&bmap_name);
     let manifest_path = req.out_dir.join("manifest.json");
-    let manifest_tmp = staged.add(&manifest_path);
 
-    let work = WorkCopy(
-        req.out_dir
-            .join(format!(".{}.work-{}.img", req.name, std::process::id())),
-    );
+    // Everything below lives in this build's private scratch directory until it is published
+    // (see crate::scratch); an error or a signal removes it.
+    let scratch = crate::scratch::Scratch::create(req.out_dir)?;
+    crate::crashpoint::hit("scratch-created");
+    let image_tmp = scratch.path("image.tmp");
+    let sha_tmp = scratch.path("sha256.tmp");
+    let bmap_tmp = scratch.path("bmap.tmp");
+    let manifest_tmp = scratch.path("manifest.tmp");
+    let work = WorkCopy(scratch.path("work.img"));
     let raw_size = timed("working copy", || decompress(req, &work.0))?;
+    crate::crashpoint::hit("working-copy");
     let table = disk::read_table(&work.0)
         .map_err(|e| e.context(format_args!("base {}", req.base.display())))?;
     let boot = locate(&work.0, &table, req.board, Role::Boot).map_err(|e| base_err(req, e))?;
     let root = locate(&work.0, &table, req.board, Role::Root).map_err(|e| base_err(req, e))?;
-    timed("base check", || check_base(req, &work.0, &table, &base_sha))?;
+    crate::crashpoint::hit("table-read");
+    timed("base check", || {
+        check_base(req, &work.0, &table, &base_sha, scratch.dir())
+    })?;
+    crate::crashpoint::hit("base-checked");
 
     let target = apply::Target {
         image: &work.0,
@@ -178,11 +207,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
     };
     let cfg = req.config;
     let mut incremental = match (req.chunk_cache, req.compress) {
-        (Some(dir), Compress::Xz { .. }) => {
-            Some(pack::Incremental::prepare(dir, &base_sha, &work.0)?)
-        }
+        (Some(dir), Compress::Xz { .. }) => pack::Incremental::prepare(dir, &base_sha, &work.0)?,
         _ => None,
     };
+    crate::crashpoint::hit("chunk-index");
     let with_debs;
     let plan = match &req.preseed_debs {
         Some(p) => {
@@ -191,6 +219,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         }
         None => req.plan,
     };
+    crate::crashpoint::hit("patch-start");
     let applied = timed("patch", || {
         apply::apply(&target, plan, cfg.user.as_ref(), cfg.hostname.as_deref())
     })?;
@@ -199,6 +228,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         dirty_ranges = applied.dirty.len(),
         "applied"
     );
+    crate::crashpoint::hit("patch-done");
+    let secrets = crate::secrets::secret_files(req.board, plan, &applied.written);
+    let output_mode = match secrets.is_empty() {
+        true => crate::secrets::public_mode(req.umask),
+        false => 0o600,
+    };
 
     let bmap = || {
         timed("bmap", || {
@@ -220,7 +255,18 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         xz => {
             if let Some(inc) = incremental.as_mut() {
                 inc.mark(&applied.dirty);
+                if !secrets.is_empty() {
+                    let ranges = crate::secrets::secret_ranges(
+                        &work.0,
+                        root,
+                        boot,
+                        &secrets,
+                        &applied.dirty,
+                    );
+                    inc.never_cache(&ranges);
+                }
             }
+            crate::crashpoint::hit("secrets-mapped");
             // The bmap is hashed while the image is compressed: a warm rebuild takes most
             // chunks from the cache and leaves cores free.
             std::thread::scope(|scope| {
@@ -238,8 +284,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         }
     };
     req.progress.finish();
+    crate::crashpoint::hit("compressed");
     std::fs::write(&sha_tmp, pack::sha256sum_line(&sha256, &image_name))
         .context(|| format!("writing {}", sha_tmp.display()))?;
+    crate::crashpoint::hit("sha256-written");
     let image = Artifact {
         path: image_path.clone(),
         size,
@@ -260,12 +308,38 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         },
         raw_size,
         partition_table: table,
-        files: applied.written,
+        files: applied
+            .written
+            .into_iter()
+            .map(|mut w| {
+                let secret = secrets
+                    .iter()
+                    .any(|s| s.partition == w.partition && s.path == w.path && w.kind == "file");
+                if secret {
+                    w.sha256 = None;
+                }
+                ManifestFile { written: w, secret }
+            })
+            .collect(),
     };
     let json = serde_json::to_string_pretty(&manifest).context(|| "serializing the manifest")?;
     std::fs::write(&manifest_tmp, json + "\n")
         .context(|| format!("writing {}", manifest_tmp.display()))?;
-    staged.commit()?;
+    crate::crashpoint::hit("manifest-written");
+    for tmp in [&image_tmp, &sha_tmp, &bmap_tmp, &manifest_tmp] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(output_mode))
+            .context(|| format!("setting the mode of {}", tmp.display()))?;
+    }
+    crate::crashpoint::hit("modes-set");
+    drop(work);
+    // Side files first, the image last.
+    scratch.publish(&[
+        ("bmap.tmp", &bmap_name),
+        ("manifest.tmp", "manifest.json"),
+        ("sha256.tmp", &sha_name),
+        ("image.tmp", &image_name),
+    ])?;
     Ok(BuildSummary {
         image,
         sha256_file: sha_path,
@@ -351,7 +425,13 @@ fn add_preseed_debs(plan: &Plan, p: &PreseedDebs, image: &Path, root_offset: u64
 
 /// Refuses a base whose partitions overlap or whose boot/root file systems are not clean,
 /// before anything is written (see [`crate::check`]); a clean verdict is remembered in the cache.
-fn check_base(req: &BuildRequest, image: &Path, table: &Table, base_sha: &str) -> Result<()> {
+fn check_base(
+    req: &BuildRequest,
+    image: &Path,
+    table: &Table,
+    base_sha: &str,
+    scratch_dir: &Path,
+) -> Result<()> {
     let mut parts = Vec::new();
     for role in [Role::Boot, Role::Root] {
         let spec = req.board.partition(role);
@@ -373,7 +453,7 @@ fn check_base(req: &BuildRequest, image: &Path, table: &Table, base_sha: &str) -
         cache_dir: dir,
         base_sha256: base_sha,
     });
-    crate::check::check_partitions(image, &parts, req.out_dir, verdict)
+    crate::check::check_partitions(image, &parts, scratch_dir, verdict)
         .map_err(|e| e.context(format_args!("base {}", req.base.display())))
 }
 

@@ -404,6 +404,43 @@ impl Fs {
             .map_err(|rc| self.code_err(ctx, rc, 0))
     }
 
+    /// Where the content of the regular file at `path` lies: byte ranges `(offset, length)`
+    /// relative to the start of the file system, one per run of consecutive blocks, in file
+    /// order (whole blocks; holes take no range). Used to keep a secret file's bytes out of
+    /// caches. A file whose data lives inside its inode (`inline_data`) is refused with
+    /// [`ErrorKind::Unsupported`], since its bytes share a block with other inodes.
+    pub fn data_ranges(&self, path: &str) -> Result<Vec<(u64, u64)>, Error> {
+        let ctx = Ctx { op: "map", path };
+        let ino = self.resolve(ctx, true)?;
+        let inode = self.read_inode(ctx, ino)?;
+        if inode.kind() != FileKind::Regular {
+            return Err(ctx.err(ErrorKind::WrongType, "not a regular file"));
+        }
+        if inode.0.i_flags & sys::EXT4_INLINE_DATA_FL != 0 {
+            return Err(ctx.err(
+                ErrorKind::Unsupported,
+                "its data is stored inline in the inode",
+            ));
+        }
+        let bs = self.block_size();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for lblk in 0..inode.size().div_ceil(bs) {
+            let phys = self
+                .raw
+                .bmap(ino, lblk)
+                .map_err(|rc| self.code_err(ctx, rc, 0))?;
+            if phys == 0 {
+                continue;
+            }
+            let off = phys * bs;
+            match out.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += bs,
+                _ => out.push((off, bs)),
+            }
+        }
+        Ok(out)
+    }
+
     /// The target of the symlink at `path`.
     pub fn read_link(&self, path: &str) -> Result<String, Error> {
         let ctx = Ctx {

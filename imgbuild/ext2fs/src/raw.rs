@@ -305,6 +305,28 @@ impl RawFs {
         Ok(inode)
     }
 
+    /// The physical block that holds logical block `lblk` of inode `ino` (0 for a hole); works
+    /// for extent-mapped and block-mapped files alike.
+    pub(crate) fn bmap(&self, ino: u32, lblk: u64) -> RawResult<u64> {
+        let mut phys: sys::blk64_t = 0;
+        // SAFETY: valid handle; a null inode makes the library read it, a null block buffer
+        // makes it allocate its own; `phys` is a valid out pointer for the call's duration;
+        // flags 0 only look up (never allocate).
+        check(unsafe {
+            sys::ext2fs_bmap2(
+                self.ptr(),
+                ino,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+                lblk,
+                ptr::null_mut(),
+                &mut phys,
+            )
+        })?;
+        Ok(phys)
+    }
+
     /// Writes inode `ino` (checksums are updated by the library).
     pub(crate) fn write_inode(&mut self, ino: u32, inode: &Inode) -> RawResult<()> {
         let mut copy = *inode;

@@ -506,3 +506,64 @@ fn read_dir_returns_names_of_every_length_up_to_block_ends() {
         .count();
     assert_eq!(listed, 255, "debugfs lists the same entries");
 }
+
+/// `data_ranges` names exactly the blocks debugfs lists for a file, and reading the image at
+/// those ranges gives the file's content (both block sizes, extents and a fragmented file).
+#[test]
+fn data_ranges_match_debugfs_blocks_and_hold_the_content() {
+    for block_size in [1024u32, 4096] {
+        let img = mkfs(&Spec {
+            block_size: Some(block_size),
+            offset: 1 << 20,
+            ..Spec::default()
+        });
+        let mut fs = img.open(true);
+        let secret = noise(5 * block_size as usize + 123, 9);
+        // Interleave writes so the file is not one run.
+        fs.write_file(
+            "/pad1",
+            &noise(block_size as usize, 1),
+            &meta(0o644, 0, 0, T0),
+        )
+        .unwrap();
+        fs.write_file(
+            "/key",
+            &secret[..block_size as usize],
+            &meta(0o600, 0, 0, T0),
+        )
+        .unwrap();
+        fs.write_file(
+            "/pad2",
+            &noise(3 * block_size as usize, 2),
+            &meta(0o644, 0, 0, T0),
+        )
+        .unwrap();
+        fs.write_file("/key", &secret, &meta(0o600, 0, 0, T0))
+            .unwrap();
+        let ranges = fs.data_ranges("/key").unwrap();
+        assert!(matches!(
+            fs.data_ranges("/").map_err(|e| e.kind().clone()),
+            Err(ErrorKind::WrongType)
+        ));
+        fs.close().unwrap();
+        img.assert_fsck_clean();
+        let (out, _) = img.debugfs("blocks /key", false);
+        let listed: Vec<u64> = String::from_utf8_lossy(&out)
+            .split_whitespace()
+            .map(|b| b.parse().expect("block number"))
+            .collect();
+        let bs = u64::from(block_size);
+        let mapped: Vec<u64> = ranges
+            .iter()
+            .flat_map(|&(off, len)| (off / bs..(off + len) / bs).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(mapped, listed);
+        let bytes = img.bytes();
+        let mut content = Vec::new();
+        for (off, len) in &ranges {
+            let at = (img.offset + off) as usize;
+            content.extend_from_slice(&bytes[at..at + *len as usize]);
+        }
+        assert_eq!(&content[..secret.len()], &secret[..]);
+    }
+}

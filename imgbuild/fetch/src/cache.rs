@@ -10,12 +10,18 @@
 //! | `meta/<sha256>.sha512` | its sha512, computed while it was downloaded (finds a sha512 pin) |
 //! | `raw/<sha256>.img` | the decompressed image of the download `<sha256>` |
 //! | `tmp/<key>.part` | a download in progress or interrupted (resumed by the next fetch) |
-//! | `tmp/*.tmp` | scratch files of writers (see [`Cache::scratch_path`]) |
-//! | `locks/<key>.lock` | lock files (never deleted, so a lock can never be held on a stale inode) |
+//! | `tmp/*.<pid>-<start>.<n>.tmp[.part]` | scratch files of writers (see [`Cache::scratch_path`]), named after their process |
+//! | `locks/<key>.lock` | lock files |
 //!
 //! Protocol: a writer takes the exclusive lock of a key, re-checks the final path, writes a
 //! `tmp/` file, syncs it and renames it into place. A reader of a finished entry needs no lock (the
 //! rename is atomic); [`Cache::lock_shared`] keeps [`Cache::prune`] from deleting an entry in use.
+//! A lock is taken on the open lock file and then checked to still be the file at its path (or
+//! taken again), so [`Cache::prune`] may delete a lock file while it holds that lock.
+//!
+//! Scratch files carry their writer's process id and start time: [`Cache::sweep_scratch`] (run
+//! by every build at start, and by [`Cache::prune`]) deletes those whose writer is gone, e.g. the
+//! image-sized output of a killed decompression.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -79,10 +85,27 @@ pub struct Entry {
 pub struct PruneReport {
     /// The entries deleted.
     pub removed: Vec<Entry>,
-    /// The bytes freed.
+    /// The bytes freed (entries and other files).
     pub freed_bytes: u64,
     /// Entries that were not kept but were left alone because another process holds their lock.
     pub busy: Vec<Entry>,
+    /// Other files deleted: scratch files of dead writers, records of downloads no longer
+    /// cached, lock files of keys with nothing cached.
+    pub other: Vec<PathBuf>,
+}
+
+/// A file of the cache that is not an [`Entry`], as listed by [`Cache::ls_other`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherFile {
+    /// `scratch` (a writer's temporary file; `live` tells whether its writer still runs),
+    /// `record` (meta/ of a download) or `lock`.
+    pub kind: &'static str,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// For scratch files: whether the process that writes it is still running.
+    pub live: bool,
 }
 
 /// A held lock on a cache key; released when dropped.
@@ -127,6 +150,8 @@ impl Cache {
 
     /// A fresh, unique path inside the cache (same file system as the entries) for a writer to
     /// fill before handing it to [`Cache::store_raw`]. `hint` is only part of the name.
+    /// The name carries this process's id and start time, so that [`Cache::sweep_scratch`]
+    /// can tell when its writer is gone.
     pub fn scratch_path(&self, hint: &str) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -135,9 +160,62 @@ impl Cache {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .take(80)
             .collect();
+        let pid = std::process::id();
+        let start = process_start(pid).unwrap_or(0);
         self.root
             .join("tmp")
-            .join(format!("{safe}.{}.{n}.tmp", std::process::id()))
+            .join(format!("{safe}.{pid}-{start}.{n}.tmp"))
+    }
+
+    /// Deletes the scratch files (see [`Cache::scratch_path`]; also what a writer made from one,
+    /// such as `NAME.tmp.part`) whose writing process is no longer running; returns them.
+    pub fn sweep_scratch(&self) -> Result<Vec<PathBuf>, FetchError> {
+        let mut removed = Vec::new();
+        for f in self.ls_other()? {
+            if f.kind == "scratch" && !f.live {
+                remove_if_exists(&f.path)?;
+                removed.push(f.path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Lists the files that are not entries: scratch files (with whether their writer is
+    /// alive), download records whose download is not cached, and lock files.
+    pub fn ls_other(&self) -> Result<Vec<OtherFile>, FetchError> {
+        let mut out = Vec::new();
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        for (path, name) in list_dir(&self.root.join("tmp"))? {
+            if let Some(live) = scratch_owner_alive(&name) {
+                out.push(OtherFile {
+                    kind: "scratch",
+                    size: size(&path),
+                    path,
+                    live,
+                });
+            }
+        }
+        for (path, name) in list_dir(&self.root.join("meta"))? {
+            let sha = name.split('.').next().unwrap_or("");
+            if self.blob_path(sha).is_none() {
+                out.push(OtherFile {
+                    kind: "record",
+                    size: size(&path),
+                    path,
+                    live: false,
+                });
+            }
+        }
+        for (path, _) in list_dir(&self.root.join("locks"))? {
+            out.push(OtherFile {
+                kind: "lock",
+                size: size(&path),
+                path,
+                live: false,
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
 
     /// Moves the finished decompressed image `from` (best made with [`Cache::scratch_path`]) into
@@ -195,9 +273,18 @@ impl Cache {
     }
 
     /// Deletes every entry for which `keep` returns false, except those whose key is locked by
-    /// someone else (they are reported as busy). Scratch files are not touched.
+    /// someone else (they are reported as busy); then the scratch files of dead writers, the
+    /// records of downloads no longer cached, and the lock files of keys that have no entry left
+    /// and that nobody holds.
     pub fn prune(&self, keep: impl Fn(&Entry) -> bool) -> Result<PruneReport, FetchError> {
         let mut report = PruneReport::default();
+        for f in self.ls_other()? {
+            if f.kind == "record" || (f.kind == "scratch" && !f.live) {
+                remove_if_exists(&f.path)?;
+                report.freed_bytes += f.size;
+                report.other.push(f.path);
+            }
+        }
         for entry in self.ls()? {
             if keep(&entry) {
                 continue;
@@ -214,6 +301,20 @@ impl Cache {
             }
             report.freed_bytes += entry.size;
             report.removed.push(entry);
+        }
+        let left: Vec<String> = self.ls()?.into_iter().map(|e| e.key).collect();
+        for (path, name) in list_dir(&self.root.join("locks"))? {
+            let Some(key) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            if left.iter().any(|k| k == key) {
+                continue;
+            }
+            // Deleted while held: whoever opened it before sees that it is stale and retries.
+            if let Ok(Some(_held)) = self.try_lock(key) {
+                remove_if_exists(&path)?;
+                report.other.push(path);
+            }
         }
         Ok(report)
     }
@@ -338,26 +439,74 @@ impl Cache {
 
     /// Takes a lock of `key`, waiting for it.
     fn take_lock(&self, key: &str, mode: LockMode) -> Result<EntryLock, FetchError> {
-        let file = self.lock_file(key)?;
-        let result = match mode {
-            LockMode::Exclusive => file.lock(),
-            LockMode::Shared => file.lock_shared(),
-        };
-        result.map_err(|e| FetchError::io("lock", self.root.join("locks").join(key), e))?;
-        Ok(EntryLock { _file: file })
+        loop {
+            let file = self.lock_file(key)?;
+            let result = match mode {
+                LockMode::Exclusive => file.lock(),
+                LockMode::Shared => file.lock_shared(),
+            };
+            result.map_err(|e| FetchError::io("lock", self.root.join("locks").join(key), e))?;
+            if self.still_current(key, &file) {
+                return Ok(EntryLock { _file: file });
+            }
+        }
     }
 
     /// Takes the exclusive lock of `key` if nobody holds it.
     fn try_lock(&self, key: &str) -> Result<Option<EntryLock>, FetchError> {
-        let file = self.lock_file(key)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(EntryLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => {
-                Err(FetchError::io("lock", self.root.join("locks").join(key), e))
+        loop {
+            let file = self.lock_file(key)?;
+            match file.try_lock() {
+                Ok(()) if self.still_current(key, &file) => {
+                    return Ok(Some(EntryLock { _file: file }))
+                }
+                Ok(()) => continue,
+                Err(TryLockError::WouldBlock) => return Ok(None),
+                Err(TryLockError::Error(e)) => {
+                    return Err(FetchError::io("lock", self.root.join("locks").join(key), e))
+                }
             }
         }
     }
+
+    /// Whether the locked `file` is still the lock file of `key` ([`Cache::prune`] deletes
+    /// lock files it holds; a lock taken on a deleted file protects nothing).
+    fn still_current(&self, key: &str, file: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(held), Ok(now)) => held.ino() == now.ino() && held.dev() == now.dev(),
+            _ => false,
+        }
+    }
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of `/proc/PID/stat`), or
+/// `None` when there is no such process.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// For a scratch file name `HINT.PID-START.N.tmp` (or `HINT.PID.N.tmp` of older versions,
+/// optionally followed by `.part`): whether its writer is still running; `None` for other names.
+fn scratch_owner_alive(name: &str) -> Option<bool> {
+    let stem = name.strip_suffix(".part").unwrap_or(name);
+    let stem = stem.strip_suffix(".tmp")?;
+    let mut parts = stem.rsplit('.');
+    let _n: u64 = parts.next()?.parse().ok()?;
+    let owner = parts.next()?;
+    let (pid, start) = match owner.split_once('-') {
+        Some((p, s)) => (p.parse::<u32>().ok()?, Some(s.parse::<u64>().ok()?)),
+        None => (owner.parse::<u32>().ok()?, None),
+    };
+    let now = process_start(pid);
+    Some(match start {
+        Some(start) => now == Some(start),
+        None => now.is_some(),
+    })
 }
 
 /// The key of a listed file of `kind` named `name`, or None for files that are not entries.

@@ -144,3 +144,56 @@ fn exclusive_lock_waits_for_the_holder() {
     });
     assert_eq!(*order.lock().unwrap(), ["holder", "waiter"]);
 }
+
+#[test]
+fn scratch_files_of_dead_writers_records_and_unused_locks_are_pruned() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let tmp = dir.path().join("tmp");
+    // Ours (alive), as a decompressor leaves it half-written (`NAME.part`).
+    let mine = cache.scratch_path("raw");
+    let mine_part = mine.with_extension("tmp.part");
+    std::fs::write(&mine_part, b"live").unwrap();
+    // A dead writer: a child process that has exited (its pid with a start time that is not
+    // its current one, whatever runs under that pid now), and one of an older naming.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let dead = tmp.join(format!("{}.raw.{dead_pid}-1.0.tmp.part", "ab".repeat(32)));
+    std::fs::write(&dead, vec![7u8; 4096]).unwrap();
+    let old_style = tmp.join(format!("record.{dead_pid}.3.tmp"));
+    std::fs::write(&old_style, b"x").unwrap();
+    // A record of a download that is gone, and a lock of a key with nothing cached.
+    std::fs::write(
+        dir.path()
+            .join("meta")
+            .join(format!("{}.url", "ee".repeat(32))),
+        "u",
+    )
+    .unwrap();
+    drop(cache.lock(&"ff".repeat(32)).unwrap());
+
+    let other = cache.ls_other().unwrap();
+    let kinds: Vec<(&str, bool)> = other.iter().map(|f| (f.kind, f.live)).collect();
+    assert_eq!(other.len(), 5, "{other:?}");
+    assert!(kinds.contains(&("scratch", true)) && kinds.contains(&("record", false)));
+    assert!(kinds.contains(&("lock", false)));
+    let live = other.iter().find(|f| f.live).unwrap();
+    assert_eq!(live.path, mine_part);
+    // A pid that is running but was started at another time is not this writer either.
+    let swept = cache.sweep_scratch().unwrap();
+    assert!(swept.contains(&dead), "{swept:?}");
+    assert!(!dead.exists() && mine_part.exists());
+    let recycled = tmp.join(format!("x.{}-1.0.tmp", std::process::id()));
+    std::fs::write(&recycled, b"x").unwrap();
+
+    let report = cache.prune(|_| false).unwrap();
+    assert!(report.other.contains(&recycled), "{:?}", report.other);
+    assert!(mine_part.exists(), "a live writer's file is kept");
+    let left: Vec<_> = cache.ls_other().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].path, mine_part);
+    // A lock still works after its file was pruned.
+    let lock = cache.lock(&"ff".repeat(32)).unwrap();
+    drop(lock);
+}

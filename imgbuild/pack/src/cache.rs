@@ -6,18 +6,28 @@
 //!   preset, so a liblzma that encodes differently never mixes its blocks with older ones), the
 //!   preset, the chunk size and the SHA-256 of the raw chunk; `xx` is the key's first byte.
 //!   The file is a 32-byte header (`IBPKBLK1`, unpadded size, uncompressed size, CRC32 of the
-//!   block, reserved) followed by the block bytes. A file that fails these checks is a miss.
-//! - `index/<base-sha256>-<chunk-size>.json`: a [`ChunkIndex`] of a base raw image.
+//!   block, reserved) followed by the block bytes.
+//! - `index/<base-sha256>-<chunk-size>.json`: a [`ChunkIndex`] of a base raw image, with a
+//!   checksum over its fields.
+//!
+//! Integrity: a block is used only after it has been decompressed and the SHA-256 of what it
+//! decodes to equals the content hash it was looked up by, so a swapped, truncated or
+//! bit-flipped file can never put other bytes into an image: it is a miss, and it is deleted.
+//! An index that does not parse or whose checksum does not match is a miss too (deleted, then
+//! recomputed from the image).
 //!
 //! Every file is written to a temporary name in its final directory and renamed into place, so
-//! readers see either nothing or a complete file, even with concurrent builds.
+//! readers see either nothing or a complete file, even with concurrent builds; an index is
+//! synced to disk before the rename, and the directory after it. Directories are created 0700.
 
 use crate::chunks::{check_chunk_size, chunk_count, chunk_hashes, sha256, Hash};
+use crate::encode::STREAM_FLAGS;
 use crate::error::{bail, Context, Result};
-use crate::xzformat::Block;
+use crate::xzformat::{index_and_footer, stream_header, Block};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const FORMAT_VERSION: u32 = 1;
 const BLOCK_MAGIC: &[u8; 8] = b"IBPKBLK1";
 const BLOCK_HEADER: usize = 32;
-const INDEX_FORMAT: &str = "imgbuild-pack chunk index 1";
+const INDEX_FORMAT: &str = "imgbuild-pack chunk index 2";
 
 /// A directory of compressed xz blocks keyed by raw chunk content (see the module docs).
 #[derive(Debug, Clone)]
@@ -52,7 +62,7 @@ impl ChunkCache {
         let dir = dir.into();
         for sub in ["chunks", "index"] {
             let d = dir.join(sub);
-            fs::create_dir_all(&d)
+            create_private_dir(&d)
                 .context(|| format!("creating chunk cache directory {}", d.display()))?;
         }
         Ok(ChunkCache { dir })
@@ -64,19 +74,17 @@ impl ChunkCache {
     }
 
     /// The cached block for a chunk with content hash `content` and `len` bytes, if present and
-    /// intact.
-    pub(crate) fn load_block(
-        &self,
-        content: &Hash,
-        len: u64,
-        p: &BlockParams,
-    ) -> Result<Option<Block>> {
+    /// intact: its header checks pass and it decompresses to `len` bytes whose SHA-256 is
+    /// `content`. A file that fails any check is deleted (a miss); a file that cannot be read is
+    /// a miss too (the cache is an optimisation).
+    pub(crate) fn load_block(&self, content: &Hash, len: u64, p: &BlockParams) -> Option<Block> {
         let path = self.block_path(content, p);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(decode_block(bytes, len)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => bail!("reading cached block {}: {e}", path.display()),
+        let bytes = fs::read(&path).ok()?;
+        let block = decode_block(bytes, len).filter(|b| decodes_to(b, content, len));
+        if block.is_none() {
+            let _ = fs::remove_file(&path);
         }
+        block
     }
 
     /// Stores the block of a chunk with content hash `content`.
@@ -89,30 +97,38 @@ impl ChunkCache {
         file.extend_from_slice(&crc32fast::hash(&block.bytes).to_le_bytes());
         file.extend_from_slice(&[0; 4]);
         file.extend_from_slice(&block.bytes);
-        write_atomically(&path, &file)
+        // Not synced: a block torn by a crash fails its checks on load and is a miss.
+        write_atomically(&path, &file, false)
     }
 
-    /// The chunk index stored for the base image whose raw SHA-256 is `base`, if any.
-    pub fn load_index(&self, base: &Hash, chunk_size: u64) -> Result<Option<ChunkIndex>> {
+    /// The chunk index stored for the base image whose raw SHA-256 is `base`, if there is an
+    /// intact one for `chunk_size`. A damaged index (does not parse, checksum or chunk size does
+    /// not match) is deleted and `None` returned, as is any file that cannot be read: the caller
+    /// recomputes it.
+    pub fn load_index(&self, base: &Hash, chunk_size: u64) -> Option<ChunkIndex> {
         let path = self.index_path(base, chunk_size);
-        match fs::read_to_string(&path) {
-            Ok(text) => ChunkIndex::from_json(&text).map(Some).context(|| {
-                format!(
-                    "reading chunk index {} (delete it to rebuild)",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => bail!("reading chunk index {}: {e}", path.display()),
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == ErrorKind::NotFound => return None,
+            Err(_) => {
+                let _ = fs::remove_file(&path);
+                return None;
+            }
+        };
+        match ChunkIndex::from_json(&text) {
+            Ok(i) if i.chunk_size == chunk_size => Some(i),
+            _ => {
+                let _ = fs::remove_file(&path);
+                None
+            }
         }
     }
 
-    /// Stores `index` as the chunk index of the base image whose raw SHA-256 is `base`.
+    /// Stores `index` as the chunk index of the base image whose raw SHA-256 is `base`: written
+    /// to a temporary file, synced, renamed into place, and the directory synced.
     pub fn store_index(&self, base: &Hash, index: &ChunkIndex) -> Result<()> {
-        write_atomically(
-            &self.index_path(base, index.chunk_size),
-            index.to_json().as_bytes(),
-        )
+        let path = self.index_path(base, index.chunk_size);
+        write_atomically(&path, index.to_json().as_bytes(), true)
     }
 
     fn block_path(&self, content: &Hash, p: &BlockParams) -> PathBuf {
@@ -152,16 +168,56 @@ fn decode_block(mut file: Vec<u8>, len: u64) -> Option<Block> {
     })
 }
 
-/// Writes `data` to `path` through a temporary file in the same directory and a rename.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+/// Whether `block` decompresses to exactly `len` bytes whose SHA-256 is `content`.
+fn decodes_to(block: &Block, content: &Hash, len: u64) -> bool {
+    let mut stream = Vec::with_capacity(block.bytes.len() + 64);
+    stream.extend_from_slice(&stream_header(STREAM_FLAGS));
+    stream.extend_from_slice(&block.bytes);
+    stream.extend_from_slice(&index_and_footer(
+        &[(block.unpadded, block.uncompressed)],
+        STREAM_FLAGS,
+    ));
+    let Ok(capacity) = usize::try_from(len) else {
+        return false;
+    };
+    let mut out = Vec::with_capacity(capacity);
+    // One byte more than expected is read so that a longer output is noticed, not truncated.
+    let decoded = liblzma::read::XzDecoder::new(stream.as_slice())
+        .take(len.saturating_add(1))
+        .read_to_end(&mut out);
+    decoded.is_ok() && out.len() as u64 == len && sha256(&out) == *content
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (existing ones keep their mode).
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory and a rename; with
+/// `durable`, the file is synced before the rename and the directory after it.
+fn write_atomically(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).context(|| format!("creating cache directory {}", dir.display()))?;
+    create_private_dir(dir).context(|| format!("creating cache directory {}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let result = fs::write(&tmp, data)
+    let result = fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
+        })
         .and_then(|()| fs::rename(&tmp, path))
+        .and_then(|()| match durable {
+            true => fs::File::open(dir).and_then(|d| d.sync_all()),
+            false => Ok(()),
+        })
         .context(|| format!("writing cache file {}", path.display()));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -188,6 +244,8 @@ struct IndexFile {
     chunk_size: u64,
     image_len: u64,
     hashes: Vec<String>,
+    /// SHA-256 over the chunk size, image length and hashes ([`ChunkIndex::checksum`]).
+    check: String,
 }
 
 impl ChunkIndex {
@@ -224,6 +282,7 @@ impl ChunkIndex {
             chunk_size: self.chunk_size,
             image_len: self.image_len,
             hashes: self.hashes.iter().map(hex::encode).collect(),
+            check: hex::encode(self.checksum()),
         };
         serde_json::to_string(&file).unwrap_or_default()
     }
@@ -247,7 +306,23 @@ impl ChunkIndex {
                 Ok(out)
             })
             .collect::<Result<Vec<Hash>>>()?;
-        ChunkIndex::new(file.chunk_size, file.image_len, hashes)
+        let index = ChunkIndex::new(file.chunk_size, file.image_len, hashes)?;
+        if file.check != hex::encode(index.checksum()) {
+            bail!("chunk index checksum does not match its contents");
+        }
+        Ok(index)
+    }
+
+    /// SHA-256 over the chunk size, the image length and every hash: detects a damaged index
+    /// (one that parses but had bytes changed).
+    fn checksum(&self) -> Hash {
+        let mut all = Vec::with_capacity(16 + 32 * self.hashes.len());
+        all.extend_from_slice(&self.chunk_size.to_le_bytes());
+        all.extend_from_slice(&self.image_len.to_le_bytes());
+        for h in &self.hashes {
+            all.extend_from_slice(h);
+        }
+        sha256(&all)
     }
 }
 
@@ -256,35 +331,91 @@ mod tests {
     use super::*;
 
     #[test]
-    fn damaged_block_files_are_misses() {
-        let block = Block {
-            bytes: vec![1, 2, 3, 4, 5, 6, 7, 8],
-            unpadded: 7,
-            uncompressed: 99,
-        };
+    fn damaged_swapped_or_foreign_block_files_are_misses_and_deleted() {
+        let a_data = b"chunk a ".repeat(512);
+        let b_data = b"chunk b ".repeat(512);
+        let (a, b) = (sha256(&a_data), sha256(&b_data));
+        let block_of = |d: &[u8]| crate::encode::compress_block(d, 1, false, 4096).expect("xz");
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = ChunkCache::new(dir.path()).expect("cache");
         let p = BlockParams {
             encoder: [7; 32],
-            preset: 6,
+            preset: 1,
             extreme: false,
             chunk_size: 4096,
         };
-        let content = [1u8; 32];
-        cache.store_block(&content, &block, &p).expect("store");
-        assert_eq!(
-            cache.load_block(&content, 99, &p).ok().flatten(),
-            Some(block.clone())
-        );
-        assert_eq!(cache.load_block(&content, 98, &p).ok().flatten(), None);
-        let path = cache.block_path(&content, &p);
-        let mut bytes = fs::read(&path).expect("read");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        fs::write(&path, &bytes).expect("write");
-        assert_eq!(cache.load_block(&content, 99, &p).ok().flatten(), None);
-        fs::write(&path, &bytes[..10]).expect("write");
-        assert_eq!(cache.load_block(&content, 99, &p).ok().flatten(), None);
+        cache
+            .store_block(&a, &block_of(&a_data), &p)
+            .expect("store");
+        cache
+            .store_block(&b, &block_of(&b_data), &p)
+            .expect("store");
+        let len = a_data.len() as u64;
+        assert_eq!(cache.load_block(&a, len, &p), Some(block_of(&a_data)));
+        assert_eq!(cache.load_block(&a, len - 1, &p), None, "length mismatch");
+        // A wrong length is a miss that deletes the entry.
+        assert!(!cache.block_path(&a, &p).exists());
+        // Swapped files: valid blocks, but for the other content.
+        cache
+            .store_block(&a, &block_of(&a_data), &p)
+            .expect("store");
+        let (pa, pb) = (cache.block_path(&a, &p), cache.block_path(&b, &p));
+        let (fa, fb) = (fs::read(&pa).expect("read"), fs::read(&pb).expect("read"));
+        fs::write(&pa, &fb).expect("write");
+        fs::write(&pb, &fa).expect("write");
+        assert_eq!(cache.load_block(&a, len, &p), None);
+        assert_eq!(cache.load_block(&b, len, &p), None);
+        assert!(!pa.exists() && !pb.exists(), "bad entries are removed");
+        // A flipped byte whose CRC32 is fixed up: only decoding and hashing catch it.
+        cache
+            .store_block(&a, &block_of(&a_data), &p)
+            .expect("store");
+        let mut bytes = fs::read(&pa).expect("read");
+        let at = BLOCK_HEADER + 20;
+        bytes[at] ^= 1;
+        let crc = crc32fast::hash(&bytes[BLOCK_HEADER..]).to_le_bytes();
+        bytes[24..28].copy_from_slice(&crc);
+        fs::write(&pa, &bytes).expect("write");
+        assert_eq!(cache.load_block(&a, len, &p), None);
+        // Truncated.
+        cache
+            .store_block(&a, &block_of(&a_data), &p)
+            .expect("store");
+        let bytes = fs::read(&pa).expect("read");
+        fs::write(&pa, &bytes[..10]).expect("write");
+        assert_eq!(cache.load_block(&a, len, &p), None);
+        assert!(!pa.exists());
+    }
+
+    #[test]
+    fn damaged_index_is_a_miss_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ChunkCache::new(dir.path()).expect("cache");
+        let index = ChunkIndex::new(4096, 10_000, vec![[1; 32], [2; 32], [3; 32]]).expect("index");
+        let base = [9u8; 32];
+        cache.store_index(&base, &index).expect("store");
+        assert_eq!(cache.load_index(&base, 4096), Some(index.clone()));
+        assert_eq!(cache.load_index(&base, 8192), None);
+        let path = cache.index_path(&base, 4096);
+        let text = fs::read_to_string(&path).expect("read");
+        // Two hashes swapped: still valid JSON, the checksum no longer matches.
+        let swapped = text
+            .replace(&"01".repeat(32), "XX")
+            .replace(&"02".repeat(32), &"01".repeat(32))
+            .replace("XX", &"02".repeat(32));
+        fs::write(&path, swapped).expect("write");
+        assert_eq!(cache.load_index(&base, 4096), None);
+        assert!(!path.exists(), "a damaged index is removed");
+        cache.store_index(&base, &index).expect("store");
+        fs::write(&path, &text[..text.len() / 2]).expect("truncate");
+        assert_eq!(cache.load_index(&base, 4096), None);
+        fs::write(&path, "").expect("empty");
+        assert_eq!(cache.load_index(&base, 4096), None);
+        assert!(!path.exists());
+        let stray: Vec<_> = fs::read_dir(dir.path().join("index"))
+            .expect("ls")
+            .collect();
+        assert!(stray.is_empty(), "no temporary files left: {stray:?}");
     }
 
     #[test]

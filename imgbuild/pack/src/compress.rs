@@ -36,6 +36,9 @@ pub struct XzOptions {
     /// If set, fewer threads are used so that the estimate of
     /// [`XzOptions::memory_per_thread`] × threads stays below this many bytes (at least one).
     pub memory_limit: Option<u64>,
+    /// Byte ranges of the raw image whose chunks never go through the cache (neither looked up
+    /// nor stored): they hold secret bytes, which must not outlive the build in a cache file.
+    pub never_cache: Vec<Range<u64>>,
 }
 
 impl Default for XzOptions {
@@ -46,6 +49,7 @@ impl Default for XzOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             threads: 0,
             memory_limit: None,
+            never_cache: Vec::new(),
         }
     }
 }
@@ -94,6 +98,13 @@ pub struct XzStats {
     pub cache_hits: u64,
     /// Times the encoder ran (the zero block counts once per chunk length, if not cached).
     pub compressed_chunks: u64,
+    /// Chunks kept out of the cache because they overlap [`XzOptions::never_cache`].
+    pub uncached_chunks: u64,
+    /// Blocks that could not be stored in the cache (full disk, no permission): the build goes
+    /// on without them.
+    pub cache_write_errors: u64,
+    /// The first of those errors, for a warning.
+    pub first_cache_error: Option<String>,
 }
 
 /// Compresses the raw image at `raw` into `out` as one multi-block .xz stream, one block per
@@ -157,6 +168,9 @@ pub fn compress_xz(
         reused_hashes: c.reused.load(Ordering::Relaxed),
         cache_hits: c.hits.load(Ordering::Relaxed),
         compressed_chunks: c.compressed.load(Ordering::Relaxed),
+        uncached_chunks: c.uncached.load(Ordering::Relaxed),
+        cache_write_errors: c.write_errors.load(Ordering::Relaxed),
+        first_cache_error: job.first_error.lock().ok().and_then(|mut e| e.take()),
     })
 }
 
@@ -169,6 +183,8 @@ struct Counters {
     reused: AtomicU64,
     hits: AtomicU64,
     compressed: AtomicU64,
+    uncached: AtomicU64,
+    write_errors: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -187,6 +203,8 @@ struct Job<'a> {
     /// The zero block per chunk length (at most two lengths).
     zero_blocks: Mutex<Vec<Arc<Block>>>,
     counters: Counters,
+    /// The first cache write error.
+    first_error: Mutex<Option<String>>,
 }
 
 impl<'a> Job<'a> {
@@ -212,6 +230,7 @@ impl<'a> Job<'a> {
             zero_hashes: ZeroHashes::default(),
             zero_blocks: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            first_error: Mutex::new(None),
         })
     }
 
@@ -219,6 +238,11 @@ impl<'a> Job<'a> {
     fn chunk(&self, i: usize, buf: &mut Vec<u8>) -> Result<Arc<Block>> {
         let range = chunk_range(i, self.len, self.opts.chunk_size);
         let size = range.end - range.start;
+        if self.secret(&range) {
+            bump(&self.counters.uncached);
+            self.read(&range, buf)?;
+            return self.compress(buf, None);
+        }
         if let Some(hash) = self.dirty.and_then(|d| d.clean_hash(i, &range)) {
             bump(&self.counters.reused);
             if hash == self.zero_hashes.get(size) {
@@ -248,6 +272,17 @@ impl<'a> Job<'a> {
         }
     }
 
+    /// Whether chunk `range` overlaps a [`XzOptions::never_cache`] range (only matters with a
+    /// cache).
+    fn secret(&self, range: &Range<u64>) -> bool {
+        self.cache.is_some()
+            && self
+                .opts
+                .never_cache
+                .iter()
+                .any(|r| r.start < range.end && range.start < r.end)
+    }
+
     fn read(&self, range: &Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
         bump(&self.counters.read);
         read_range(&self.file, range, buf, self.raw)
@@ -258,7 +293,7 @@ impl<'a> Job<'a> {
         let Some((cache, params)) = &self.cache else {
             return Ok(None);
         };
-        let block = cache.load_block(hash, size, params)?;
+        let block = cache.load_block(hash, size, params);
         if block.is_some() {
             bump(&self.counters.hits);
         }
@@ -276,7 +311,12 @@ impl<'a> Job<'a> {
         )
         .context(|| format!("compressing {}", self.raw.display()))?;
         if let (Some((cache, params)), Some(hash)) = (&self.cache, hash) {
-            cache.store_block(hash, &block, params)?;
+            if let Err(e) = cache.store_block(hash, &block, params) {
+                bump(&self.counters.write_errors);
+                if let Ok(mut first) = self.first_error.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }
         }
         Ok(Arc::new(block))
     }

@@ -90,10 +90,7 @@ fn dirty_map_reads_only_touched_chunks_and_matches_a_cold_run() {
     // Rebuild: a copy of the base with a few writes, recorded in the dirty map.
     let image = dir.path().join("image.img");
     std::fs::copy(&base, &image).expect("copy base");
-    let loaded = cache
-        .load_index(&base_sha, CHUNK)
-        .expect("load index")
-        .expect("index present");
+    let loaded = cache.load_index(&base_sha, CHUNK).expect("index present");
     assert_eq!(loaded, index);
     let mut dirty = DirtyMap::new(loaded);
     let writes: [(u64, &[u8]); 3] = [
@@ -165,4 +162,81 @@ fn dirty_map_with_another_chunk_size_is_refused() {
     let err = compress_xz(&raw, &mut Vec::new(), &opts(CHUNK), None, Some(&dirty))
         .expect_err("must fail");
     assert!(err.message().contains("chunk"), "{err}");
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("ls") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn never_cache_ranges_stay_out_of_the_cache_and_the_output_is_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("disk.img");
+    let len = standard_image(&raw);
+    // A "secret" in the middle of chunk 2: text no other chunk holds.
+    let secret = b"-----BEGIN PRIVATE KEY-----never cache me-----END PRIVATE KEY-----";
+    let at = 2 * CHUNK + 1000;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&f, secret, at).expect("write");
+    drop(f);
+    let cache_dir = dir.path().join("cache");
+    let cache = ChunkCache::new(&cache_dir).expect("cache");
+    let secret_opts = imgbuild_pack::XzOptions {
+        never_cache: std::iter::once(at..at + secret.len() as u64).collect(),
+        ..opts(CHUNK)
+    };
+    let (with_secret, stats) = compress(&raw, &secret_opts, Some(&cache), None);
+    assert_eq!(stats.uncached_chunks, 1, "{stats:?}");
+    let (plain, _) = compress(&raw, &opts(CHUNK), None, None);
+    assert_eq!(with_secret, plain, "never_cache changed the output");
+    // No cached block decodes to the chunk holding the secret.
+    let (again, second) = compress(&raw, &secret_opts, Some(&cache), None);
+    assert_eq!(again, plain);
+    assert_eq!(
+        second.compressed_chunks, 1,
+        "only the secret chunk is compressed again"
+    );
+    // Without never_cache exactly one more block lands in the cache: the secret chunk's.
+    let before = files_under(&cache_dir.join("chunks")).len();
+    let (_, third) = compress(&raw, &opts(CHUNK), Some(&cache), None);
+    assert_eq!(third.compressed_chunks, 1);
+    assert_eq!(files_under(&cache_dir.join("chunks")).len(), before + 1);
+    assert!(len > 3 * CHUNK);
+}
+
+#[test]
+fn cache_write_errors_are_counted_and_the_output_is_still_right() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("disk.img");
+    standard_image(&raw);
+    let cache_dir = dir.path().join("cache");
+    let cache = ChunkCache::new(&cache_dir).expect("cache");
+    let chunks = cache_dir.join("chunks");
+    std::fs::set_permissions(&chunks, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    // Root ignores permissions: then there is nothing to test.
+    let probe = std::fs::create_dir(chunks.join("probe")).is_ok();
+    let (out, stats) = compress(&raw, &opts(CHUNK), Some(&cache), None);
+    std::fs::set_permissions(&chunks, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let (plain, _) = compress(&raw, &opts(CHUNK), None, None);
+    assert_eq!(out, plain);
+    if !probe {
+        assert!(stats.cache_write_errors > 0, "{stats:?}");
+        assert!(stats
+            .first_cache_error
+            .is_some_and(|e| e.contains("chunks")));
+    }
 }
