@@ -11,6 +11,9 @@ apt-get install -y -q --no-install-recommends \
   e2fsprogs dosfstools mtools fdisk gdisk util-linux xz-utils zstd gzip \
   openssl ca-certificates bmap-tools bats shellcheck sudo systemd \
   openjdk-17-jdk-headless python3 python3-venv
+# The container test (tests/docker/run.sh): its own dockerd, and mmdebstrap to make
+# debian:bookworm-slim locally (no registry is reachable).
+apt-get install -y -q --no-install-recommends docker.io mmdebstrap
 if [[ ${IMGBUILD_SKIP_FIELD:-0} != 1 ]]; then
   bash tests/field/install-deps.sh
 fi

@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 cargo test --workspace
 firstboot/tests/run.sh
 bash tests/cloud/lint.sh
+# The container test: a private dockerd builds the Dockerfile around this workspace's debug binary
+# and runs the README's container command as an unprivileged uid (root only; IMGBUILD_SKIP_DOCKER=1
+# skips it). `cargo build` is a no-op when cargo test already built the binary.
+if [[ ${IMGBUILD_SKIP_DOCKER:-0} != 1 ]]; then cargo build --workspace; fi
+bash tests/docker/run.sh
 
 if [[ ${IMGBUILD_SKIP_FIELD:-0} == 1 ]]; then
   echo "field test skipped (IMGBUILD_SKIP_FIELD=1)"
