@@ -235,13 +235,20 @@ pub async fn claim_state(aws: &Aws, loc: &S3Location, policy: &str) -> Result<Cl
     }
     let arn = read_arn(aws, loc).await?;
     let id = certificate_id(&arn)?;
-    let active = match aws.iot.describe_certificate().certificate_id(id).send().await {
+    let active = match aws
+        .iot
+        .describe_certificate()
+        .certificate_id(id)
+        .send()
+        .await
+    {
         Ok(out) => {
             out.certificate_description.and_then(|d| d.status) == Some(CertificateStatus::Active)
         }
         Err(e) if error_code(&e) == Some("ResourceNotFoundException") => false,
         Err(e) => {
-            return Err(e).aws_context(|| format!("IoT DescribeCertificate {id} (from {loc}{ARN_NAME})"))
+            return Err(e)
+                .aws_context(|| format!("IoT DescribeCertificate {id} (from {loc}{ARN_NAME})"))
         }
     };
     let policy_attached = active
@@ -390,9 +397,13 @@ mod tests {
 
     #[test]
     fn the_policy_allows_exactly_the_provisioning_topics() {
-        let doc: serde_json::Value =
-            serde_json::from_str(&claim_policy_document("aws", "eu-west-1", "123456789012", "Tpl"))
-                .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&claim_policy_document(
+            "aws",
+            "eu-west-1",
+            "123456789012",
+            "Tpl",
+        ))
+        .unwrap();
         let statements = doc["Statement"].as_array().unwrap();
         assert_eq!(statements.len(), 3);
         assert_eq!(statements[0]["Action"], "iot:Connect");

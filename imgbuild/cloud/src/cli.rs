@@ -603,7 +603,10 @@ async fn run_fleet(aws: &Aws, cmd: FleetCommand) -> Result<()> {
                 println!("  {}: {}", r.label, r.outcome)
             })
             .await?;
-            let deleted = done.iter().filter(|r| r.outcome.starts_with("deleted")).count();
+            let deleted = done
+                .iter()
+                .filter(|r| r.outcome.starts_with("deleted"))
+                .count();
             println!("fleet {}: {deleted} resource(s) deleted", spec.name);
             Ok(())
         }

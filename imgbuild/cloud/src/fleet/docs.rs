@@ -197,7 +197,10 @@ impl FleetSpec {
     }
     /// ARN of the AWS managed AWSIoTThingsRegistration policy in this partition.
     pub fn things_registration_arn(&self) -> String {
-        format!("arn:{}:iam::aws:{THINGS_REGISTRATION_POLICY}", self.partition())
+        format!(
+            "arn:{}:iam::aws:{THINGS_REGISTRATION_POLICY}",
+            self.partition()
+        )
     }
     /// ARN of the role alias.
     pub fn role_alias_arn(&self) -> String {

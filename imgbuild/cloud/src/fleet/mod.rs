@@ -389,14 +389,7 @@ async fn check(
             )
             .await
         }
-        TokenRole => {
-            check_role(
-                aws,
-                &spec.token_role(),
-                "credentials.iot.amazonaws.com",
-            )
-            .await
-        }
+        TokenRole => check_role(aws, &spec.token_role(), "credentials.iot.amazonaws.com").await,
         TokenRoleAttachment => {
             check_attachment(
                 aws,
@@ -407,12 +400,7 @@ async fn check(
         }
         RoleAlias => check_role_alias(aws, spec).await,
         DevicePolicy => {
-            check_iot_policy(
-                aws,
-                &spec.device_policy(),
-                &spec.device_policy_document(),
-            )
-            .await
+            check_iot_policy(aws, &spec.device_policy(), &spec.device_policy_document()).await
         }
         ThingGroup => check_thing_group(aws, &spec.thing_group()).await,
         ProvisioningRole => check_role(aws, &spec.provisioning_role(), "iot.amazonaws.com").await,
@@ -752,7 +740,13 @@ async fn check_attachment(aws: &Aws, role: &str, policy_arn: &str) -> Result<Sta
 
 async fn check_role_alias(aws: &Aws, spec: &FleetSpec) -> Result<Status> {
     let alias = spec.role_alias();
-    match aws.iot.describe_role_alias().role_alias(&alias).send().await {
+    match aws
+        .iot
+        .describe_role_alias()
+        .role_alias(&alias)
+        .send()
+        .await
+    {
         Ok(out) => {
             let role = out.role_alias_description().and_then(|d| d.role_arn());
             let wanted = spec.role_arn(&spec.token_role());
@@ -1126,15 +1120,13 @@ async fn create(
             )
             .await?
         }
-        HookPolicy => {
-            create_iam_policy(
-                aws,
-                &spec.hook_policy(),
-                &spec.hook_policy_document(),
-                "Allowlist pre-provisioning hook: read the allowlist, write own logs (imgbuild fleet)",
-            )
-            .await?
-        }
+        HookPolicy => create_iam_policy(
+            aws,
+            &spec.hook_policy(),
+            &spec.hook_policy_document(),
+            "Allowlist pre-provisioning hook: read the allowlist, write own logs (imgbuild fleet)",
+        )
+        .await?,
         HookRole => {
             create_role(
                 aws,
@@ -1145,7 +1137,12 @@ async fn create(
             .await?
         }
         HookRoleAttachment => {
-            attach(aws, &spec.hook_role(), &spec.policy_arn(&spec.hook_policy())).await?
+            attach(
+                aws,
+                &spec.hook_role(),
+                &spec.policy_arn(&spec.hook_policy()),
+            )
+            .await?
         }
         HookFunction => create_function(aws, spec).await?,
         HookPermission => {
@@ -1162,9 +1159,7 @@ async fn create(
                 .aws_context(|| format!("Lambda AddPermission {name}"))?;
         }
         Template => create_template(aws, spec).await?,
-        ClaimPolicy => {
-            create_iot_policy(aws, &spec.claim_policy(), &claim_policy(spec)?).await?
-        }
+        ClaimPolicy => create_iot_policy(aws, &spec.claim_policy(), &claim_policy(spec)?).await?,
         ClaimCertificate => {
             let loc = S3Location::new(b, claim::DEFAULT_PREFIX)?;
             claim::ensure_claim(aws, &loc, &spec.claim_policy(), &spec.template()).await?;
@@ -1251,7 +1246,11 @@ async fn create_function(aws: &Aws, spec: &FleetSpec) -> Result<()> {
                 spec.bucket,
                 docs::allowlist_key()
             ))
-            .code(FunctionCode::builder().zip_file(Blob::new(package.clone())).build())
+            .code(
+                FunctionCode::builder()
+                    .zip_file(Blob::new(package.clone()))
+                    .build(),
+            )
             .send()
             .await
             .aws_context(|| format!("Lambda CreateFunction {name}"))
@@ -1391,9 +1390,18 @@ pub async fn destroy(
         Err(e) if error_code(&e) == Some("ResourceNotFoundException") => false,
         Err(e) => return Err(e).aws_context(|| format!("IoT DeleteProvisioningTemplate {name}")),
     };
-    note(format!("IoT provisioning template {name}"), outcome(deleted));
+    note(
+        format!("IoT provisioning template {name}"),
+        outcome(deleted),
+    );
     let name = spec.hook_function();
-    let deleted = match aws.lambda.delete_function().function_name(&name).send().await {
+    let deleted = match aws
+        .lambda
+        .delete_function()
+        .function_name(&name)
+        .send()
+        .await
+    {
         Ok(_) => true,
         Err(e) if error_code(&e) == Some("ResourceNotFoundException") => false,
         Err(e) => return Err(e).aws_context(|| format!("Lambda DeleteFunction {name}")),
@@ -1408,16 +1416,18 @@ pub async fn destroy(
     note(Resource::HookPolicy.label(spec), outcome(deleted));
     let deleted = delete_iot_policy(aws, &spec.device_policy()).await?;
     note(Resource::DevicePolicy.label(spec), outcome(deleted));
-    let deleted = match aws
-        .iot
-        .delete_thing_group()
-        .thing_group_name(&group)
-        .send()
-        .await
-    {
-        Ok(_) => true,
-        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => false,
-        Err(e) => return Err(e).aws_context(|| format!("IoT DeleteThingGroup {group}")),
+    // DeleteThingGroup succeeds for a group that does not exist: ask first.
+    let deleted = match check_thing_group(aws, &group).await? {
+        Status::Missing => false,
+        _ => {
+            aws.iot
+                .delete_thing_group()
+                .thing_group_name(&group)
+                .send()
+                .await
+                .aws_context(|| format!("IoT DeleteThingGroup {group}"))?;
+            true
+        }
     };
     note(Resource::ThingGroup.label(spec), outcome(deleted));
     let deleted = delete_role(aws, &spec.provisioning_role()).await?;
@@ -1476,7 +1486,13 @@ async fn delete_claim(aws: &Aws, spec: &FleetSpec, bucket_exists: bool) -> Resul
     if let Some(bytes) = get_small_object(aws, &loc, claim::ARN_NAME).await? {
         let arn = String::from_utf8_lossy(&bytes).trim().to_owned();
         let id = claim::certificate_id(&arn)?.to_owned();
-        match aws.iot.describe_certificate().certificate_id(&id).send().await {
+        match aws
+            .iot
+            .describe_certificate()
+            .certificate_id(&id)
+            .send()
+            .await
+        {
             Ok(_) => {
                 let policies = aws
                     .iot
@@ -1523,7 +1539,13 @@ async fn delete_claim(aws: &Aws, spec: &FleetSpec, bucket_exists: bool) -> Resul
 }
 
 async fn delete_iot_policy(aws: &Aws, name: &str) -> Result<bool> {
-    let targets = match aws.iot.list_targets_for_policy().policy_name(name).send().await {
+    let targets = match aws
+        .iot
+        .list_targets_for_policy()
+        .policy_name(name)
+        .send()
+        .await
+    {
         Ok(out) => out.targets().to_vec(),
         Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(false),
         Err(e) => return Err(e).aws_context(|| format!("IoT ListTargetsForPolicy {name}")),
@@ -1595,7 +1617,13 @@ async fn delete_iam_policy(aws: &Aws, arn: &str) -> Result<bool> {
 }
 
 async fn bucket_made_by_init(aws: &Aws, spec: &FleetSpec) -> Result<bool> {
-    match aws.s3.get_bucket_tagging().bucket(&spec.bucket).send().await {
+    match aws
+        .s3
+        .get_bucket_tagging()
+        .bucket(&spec.bucket)
+        .send()
+        .await
+    {
         Ok(out) => Ok(out
             .tag_set()
             .iter()
@@ -1616,10 +1644,16 @@ async fn empty_and_delete_bucket(aws: &Aws, bucket: &str) -> Result<()> {
             .aws_context(|| format!("S3 ListObjectVersions {bucket}"))?;
         let mut victims: Vec<(String, Option<String>)> = Vec::new();
         for v in out.versions() {
-            victims.extend(v.key().map(|k| (k.to_owned(), v.version_id().map(str::to_owned))));
+            victims.extend(
+                v.key()
+                    .map(|k| (k.to_owned(), v.version_id().map(str::to_owned))),
+            );
         }
         for m in out.delete_markers() {
-            victims.extend(m.key().map(|k| (k.to_owned(), m.version_id().map(str::to_owned))));
+            victims.extend(
+                m.key()
+                    .map(|k| (k.to_owned(), m.version_id().map(str::to_owned))),
+            );
         }
         if victims.is_empty() {
             break;
@@ -1663,10 +1697,7 @@ mod tests {
         let b = json!({"Statement": [{"Resource": "x"}, {"Resource": "z"}]});
         assert_eq!(first_difference(&a, &b), "Statement[1].Resource");
         assert_eq!(first_difference(&a, &a), "nothing");
-        assert_eq!(
-            first_difference(&json!({"a": 1}), &json!({"b": 1})),
-            "a"
-        );
+        assert_eq!(first_difference(&json!({"a": 1}), &json!({"b": 1})), "a");
         assert_eq!(first_difference(&json!(1), &json!(2)), "the document");
     }
 
