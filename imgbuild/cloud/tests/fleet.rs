@@ -325,7 +325,9 @@ async fn drift_is_reported_and_left_alone() {
              {{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Action': 'iot:*', 'Resource': '*'}}]}}))\n\
              s3.put_bucket_versioning(Bucket='{BUCKET}', VersioningConfiguration={{'Status': 'Suspended'}})\n\
              iot.update_role_alias(roleAlias='Lab-TokenExchangeRoleAlias', roleArn='arn:aws:iam::{ACCOUNT}:role/Other')\n\
-             iam.attach_role_policy(RoleName='Lab-TokenExchangeRole', PolicyArn='arn:aws:iam::aws:policy/AdministratorAccess')\n"
+             iam.attach_role_policy(RoleName='Lab-TokenExchangeRole', PolicyArn='arn:aws:iam::aws:policy/AdministratorAccess')\n\
+             iam.put_role_policy(RoleName='Lab-ProvisioningRole', PolicyName='extra', PolicyDocument=json.dumps(\
+             {{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Action': 's3:*', 'Resource': '*'}}]}}))\n"
         ),
         &[],
     );
@@ -346,7 +348,8 @@ async fn drift_is_reported_and_left_alone() {
             Resource::BucketVersioning,
             Resource::TokenRoleAttachment,
             Resource::RoleAlias,
-            Resource::DevicePolicy
+            Resource::DevicePolicy,
+            Resource::ProvisioningRole
         ],
         "{plan}"
     );
@@ -354,17 +357,31 @@ async fn drift_is_reported_and_left_alone() {
     assert!(drifted[1].1.contains("AdministratorAccess"), "{drifted:?}");
     assert!(drifted[2].1.contains("role/Other"), "{drifted:?}");
     assert!(drifted[3].1.contains("at Statement"), "{drifted:?}");
+    assert!(
+        drifted[4].1.contains("inline policies (extra)"),
+        "{drifted:?}"
+    );
     assert_eq!(fleet::apply(&aws, &plan, |_| {}).await.unwrap(), 0);
     let err = plan.drift_error().expect("drift is an error").to_string();
     common::assert_one_line(
         &err,
         &[
-            "4 resource(s) differ",
+            "5 resource(s) differ",
             "IoT policy Lab-DevicePolicy",
             "no build configuration was written",
         ],
     );
     assert_eq!(state(&moto), before, "drift was rewritten");
+    // destroy copes with what was changed (a second device policy version, a foreign policy
+    // attached to a role, an inline policy in another).
+    let removed = fleet::destroy(&aws, &spec, false, |_| {}).await.unwrap();
+    assert!(
+        removed.iter().filter(|r| r.outcome == "deleted").count() >= 10,
+        "{removed:?}"
+    );
+    let after = state(&moto);
+    assert_eq!(after["iot_policies"], serde_json::json!({}));
+    assert_eq!(after["roles"], serde_json::json!({}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

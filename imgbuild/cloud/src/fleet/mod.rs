@@ -680,14 +680,28 @@ async fn check_role(aws: &Aws, role: &str, service: &str) -> Result<Status> {
             let Some(text) = out.role().and_then(|r| r.assume_role_policy_document()) else {
                 return Ok(Status::Drift("it has no trust policy".to_owned()));
             };
-            Ok(
-                match compare_document(&iam_document(text)?, &FleetSpec::trust_policy(service)) {
-                    Status::Drift(_) => Status::Drift(format!(
-                        "its trust policy differs (fleet init trusts only {service})"
-                    )),
-                    other => other,
-                },
-            )
+            if compare_document(&iam_document(text)?, &FleetSpec::trust_policy(service))
+                != Status::InPlace
+            {
+                return Ok(Status::Drift(format!(
+                    "its trust policy differs (fleet init trusts only {service})"
+                )));
+            }
+            let inline = aws
+                .iam
+                .list_role_policies()
+                .role_name(role)
+                .send()
+                .await
+                .aws_context(|| format!("IAM ListRolePolicies {role}"))?;
+            if inline.policy_names().is_empty() {
+                Ok(Status::InPlace)
+            } else {
+                Ok(Status::Drift(format!(
+                    "it has inline policies ({}) fleet init does not make",
+                    inline.policy_names().join(", ")
+                )))
+            }
         }
         Err(e) if error_code(&e) == Some("NoSuchEntity") => Ok(Status::Missing),
         Err(e) => Err(e).aws_context(|| format!("IAM GetRole {role}")),
@@ -1559,6 +1573,25 @@ async fn delete_iot_policy(aws: &Aws, name: &str) -> Result<bool> {
             .await
             .aws_context(|| format!("IoT DetachPolicy {name} from {target}"))?;
     }
+    // DeletePolicy refuses a policy with versions besides the default one.
+    let versions = aws
+        .iot
+        .list_policy_versions()
+        .policy_name(name)
+        .send()
+        .await
+        .aws_context(|| format!("IoT ListPolicyVersions {name}"))?;
+    for v in versions.policy_versions() {
+        if let (false, Some(id)) = (v.is_default_version(), v.version_id()) {
+            aws.iot
+                .delete_policy_version()
+                .policy_name(name)
+                .policy_version_id(id)
+                .send()
+                .await
+                .aws_context(|| format!("IoT DeletePolicyVersion {name} {id}"))?;
+        }
+    }
     match aws.iot.delete_policy().policy_name(name).send().await {
         Ok(_) => Ok(true),
         Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(false),
@@ -1580,6 +1613,23 @@ async fn delete_role(aws: &Aws, role: &str) -> Result<bool> {
             .send()
             .await
             .aws_context(|| format!("IAM DetachRolePolicy {arn} from {role}"))?;
+    }
+    // DeleteRole refuses a role with inline policies (someone may have added one).
+    let inline = aws
+        .iam
+        .list_role_policies()
+        .role_name(role)
+        .send()
+        .await
+        .aws_context(|| format!("IAM ListRolePolicies {role}"))?;
+    for name in inline.policy_names() {
+        aws.iam
+            .delete_role_policy()
+            .role_name(role)
+            .policy_name(name)
+            .send()
+            .await
+            .aws_context(|| format!("IAM DeleteRolePolicy {name} of {role}"))?;
     }
     aws.iam
         .delete_role()
