@@ -231,3 +231,74 @@ fn empty_account_to_first_device() {
     );
     assert!(out.contains("resource(s) deleted"), "{out}");
 }
+
+#[test]
+fn init_out_writes_a_section_the_build_accepts_and_drift_fails_the_run() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let out = step(
+        &moto,
+        d,
+        "imgbuild cloud fleet init --name Lab --out greengrass.toml --claim-dir claim",
+    );
+    assert!(
+        out.contains("wrote greengrass.toml ([greengrass] section)"),
+        "{out}"
+    );
+    let section = std::fs::read_to_string(d.join("greengrass.toml")).unwrap();
+    assert_eq!(section.matches("[greengrass]").count(), 1, "{section}");
+    assert!(
+        section.contains("claim_key = \"claim/claim.private.key\""),
+        "{section}"
+    );
+    let cfg = imgbuild_core::config::Config::parse(
+        &format!("hostname = \"gg\"\n{section}"),
+        "greengrass.toml",
+    )
+    .expect("the build's parser accepts the section");
+    let gg = cfg.greengrass.expect("[greengrass]");
+    assert_eq!(gg.provisioning_template, "Lab-Template");
+    assert_eq!(gg.thing_group.as_deref(), Some("Lab"));
+
+    // Someone turns versioning off: init reports it, exits 1, rewrites nothing.
+    moto.boto3(
+        "s3.put_bucket_versioning(Bucket='lab-fleet-123456789012-eu-west-1', \
+         VersioningConfiguration={'Status': 'Suspended'})",
+        &[],
+    );
+    std::fs::remove_file(d.join("greengrass.toml")).unwrap();
+    let o = imgbuild(
+        &moto,
+        d,
+        &[
+            "cloud",
+            "fleet",
+            "init",
+            "--name",
+            "Lab",
+            "--out",
+            "greengrass.toml",
+        ],
+    );
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("DRIFT   S3 bucket lab-fleet-123456789012-eu-west-1 versioning: versioning is Suspended"), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("1 resource(s) differ"), "{err}");
+    assert!(
+        !d.join("greengrass.toml").exists(),
+        "a drifted run wrote the section"
+    );
+    let versioning = moto.boto3(
+        "print(s3.get_bucket_versioning(Bucket='lab-fleet-123456789012-eu-west-1')['Status'])",
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&versioning.stdout).trim(),
+        "Suspended"
+    );
+}

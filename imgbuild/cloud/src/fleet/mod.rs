@@ -925,7 +925,7 @@ async fn check_template(aws: &Aws, spec: &FleetSpec) -> Result<Status> {
     if hook != wanted.as_deref() {
         differences.push(match (hook, wanted) {
             (Some(found), None) => format!("it has the pre-provisioning hook {found} (init without --allowlist-hook)"),
-            (None, Some(_)) => "it has no pre-provisioning hook (set one: recreate the template or attach the hook by hand)".to_owned(),
+            (None, Some(_)) => "it has no pre-provisioning hook (delete the template and run init again to get one)".to_owned(),
             (found, _) => format!("its pre-provisioning hook is {}", found.unwrap_or("none")),
         });
     }
