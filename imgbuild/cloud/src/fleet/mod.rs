@@ -1752,6 +1752,21 @@ mod tests {
     }
 
     #[test]
+    fn only_errors_about_a_role_are_retried() {
+        assert!(role_not_ready(
+            "Lambda CreateFunction Lab-AllowlistHook: InvalidParameterValueException: The role \
+             defined for the function cannot be assumed by Lambda."
+        ));
+        // "Role" in the resource name before the code does not count.
+        assert!(!role_not_ready(
+            "IoT CreateRoleAlias Lab-TokenExchangeRoleAlias: InvalidRequestException: bad duration"
+        ));
+        assert!(!role_not_ready(
+            "IAM CreateRole X: AccessDenied: not allowed to create role"
+        ));
+    }
+
+    #[test]
     fn bucket_regions() {
         assert_eq!(bucket_region(None), "us-east-1");
         assert_eq!(
