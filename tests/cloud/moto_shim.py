@@ -26,7 +26,11 @@ other request to moto unchanged:
     GET    /greengrass/v2/components                ListComponents (scope PRIVATE|PUBLIC)
     GET    /greengrass/v2/components/{arn}/versions ListComponentVersions
   S3 ListParts: moto's answer is passed through with its root element renamed from
-    ListPartsResponse to ListPartsResult (what AWS sends and the Rust SDK requires).
+    ListPartsResponse to ListPartsResult (what AWS sends and the Rust SDK requires); likewise
+    GetBucketVersioning (GetBucketVersioningResponse -> VersioningConfiguration).
+  Provisioning templates keep preProvisioningHook and have ARNs in the region's partition.
+  IoT DescribeEndpoint answers the same address for the same region and type every time.
+  IAM: moto's AWS managed policies are loaded (MOTO_IAM_LOAD_MANAGED_POLICIES=true).
   Test seeding (unsigned, not an AWS API: a core device registers itself on AWS):
     POST   /_shim/greengrass/v2/coreDevices/{name}  creates a HEALTHY core device
     POST   /_shim/greengrass/v2/coreDevices/{name}/behaviour  {"outcome": "SUCCEEDED"|"FAILED"|
@@ -56,7 +60,13 @@ from urllib.parse import parse_qs, unquote
 import yaml
 from werkzeug.serving import make_server
 
+# AWS managed IAM policies (e.g. service-role/AWSIoTThingsRegistration, which `fleet init`
+# attaches to the provisioning role) exist only when moto loads them; IAM loads lazily, so
+# tests that never touch IAM do not pay for it. Set before moto reads its settings.
+os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+
 from moto.iot.models import iot_backends
+from moto.utilities.utils import get_partition
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -110,7 +120,12 @@ class Store:
                 raise Reply(
                     409, {"message": f"template {name} already exists"}, "ResourceAlreadyExistsException"
                 )
-            arn = f"arn:aws:iot:{region}:{ACCOUNT_ID}:provisioningtemplate/{name}"
+            # ARNs in the region's partition (aws-cn in cn-*, aws-us-gov in us-gov-*), as AWS
+            # and moto's own IoT resources have them.
+            arn = f"arn:{get_partition(region)}:iot:{region}:{ACCOUNT_ID}:provisioningtemplate/{name}"
+            hook = body.get("preProvisioningHook")
+            if hook is not None and (not isinstance(hook, dict) or not hook.get("targetArn")):
+                raise Reply(400, {"message": "preProvisioningHook needs a targetArn"}, "InvalidRequestException")
             self.templates[name] = {
                 "templateArn": arn,
                 "templateName": name,
@@ -123,6 +138,14 @@ class Store:
                 "provisioningRoleArn": body["provisioningRoleArn"],
                 "type": body.get("type", "FLEET_PROVISIONING"),
             }
+            # CreateProvisioningTemplate's preProvisioningHook {targetArn, payloadVersion}
+            # (AWS IoT API reference, ProvisioningHook; payloadVersion defaults to 2020-04-01),
+            # answered by DescribeProvisioningTemplate as given.
+            if hook is not None:
+                self.templates[name]["preProvisioningHook"] = {
+                    "targetArn": hook["targetArn"],
+                    "payloadVersion": hook.get("payloadVersion", "2020-04-01"),
+                }
         return 200, {"templateArn": arn, "templateName": name, "defaultVersionId": 1}
 
     def describe_template(self, name):
@@ -677,6 +700,13 @@ def route(store, environ):
     return None
 
 
+def is_s3_get_versioning(environ):
+    """S3 GetBucketVersioning: GET /bucket?versioning (signed for s3)."""
+    _, service = signing_scope(environ)
+    query = environ.get("QUERY_STRING", "")
+    return environ["REQUEST_METHOD"] == "GET" and service == "s3" and "versioning" in parse_qs(query, keep_blank_values=True)
+
+
 def is_s3_list_parts(environ):
     """S3 ListParts: GET /bucket/key?uploadId=... (signed for s3, or presigned)."""
     query = parse_qs(environ.get("QUERY_STRING", ""))
@@ -684,9 +714,11 @@ def is_s3_list_parts(environ):
     return environ["REQUEST_METHOD"] == "GET" and "uploadId" in query and service in ("s3", None)
 
 
-def fix_list_parts(app, environ, start_response):
+def fix_list_parts(app, environ, start_response, old=b"ListPartsResponse", new=b"ListPartsResult"):
     """moto 5.2.5 names the root element of the ListParts answer ListPartsResponse; AWS (and the
-    SDKs that check it) use ListPartsResult. Rename it, leaving everything else as moto sent it."""
+    SDKs that check it) use ListPartsResult. Rename it, leaving everything else as moto sent it.
+    Likewise GetBucketVersioning: moto's root is GetBucketVersioningResponse, AWS's (S3 API
+    reference, GetBucketVersioning response syntax) VersioningConfiguration."""
     captured = {}
 
     def capture(status, headers, exc_info=None):
@@ -699,9 +731,7 @@ def fix_list_parts(app, environ, start_response):
     finally:
         if hasattr(chunks, "close"):
             chunks.close()
-    body = body.replace(b"<ListPartsResponse", b"<ListPartsResult").replace(
-        b"</ListPartsResponse>", b"</ListPartsResult>"
-    )
+    body = body.replace(b"<" + old, b"<" + new).replace(b"</" + old + b">", b"</" + new + b">")
     headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
     headers.append(("Content-Length", str(len(body))))
     start_response(captured["status"], headers)
@@ -718,6 +748,26 @@ class ShimApp:
         self.moto_app = moto_app
         self.store = Store()
         self.ops = Ops(self.store)
+        self.endpoints = {}
+
+    def stable_endpoint(self, environ):
+        """IoT DescribeEndpoint (GET /endpoint?endpointType=T): an account's endpoints are fixed
+        on AWS (`fleet init` compares the published parameters with them), but moto 5.2.5 makes
+        a new random address on every call. The first answer per region and type is kept."""
+        region, service = signing_scope(environ)
+        if service != "iot" or environ["REQUEST_METHOD"] != "GET" or environ.get("PATH_INFO") != "/endpoint":
+            return None
+        kind = parse_qs(environ.get("QUERY_STRING", "")).get("endpointType", ["iot:Data"])[0]
+        key = (region, kind)
+        with self.store.lock:
+            known = self.endpoints.get(key)
+        if known is None:
+            status_line, _, body = call_moto_json(self.moto_app, environ)
+            if not status_line.startswith("200"):
+                return None
+            with self.store.lock:
+                known = self.endpoints.setdefault(key, body)
+        return 200, known
 
     def ops_answer(self, environ):
         """Injected faults, the fleet-operation routes, and moto's answers for dynamic groups."""
@@ -725,7 +775,7 @@ class ShimApp:
         fault = None if path.startswith("/_shim/") else self.ops.take_fault(environ["REQUEST_METHOD"], path)
         if fault is not None:
             raise fault
-        answer = ops_route(self.ops, environ)
+        answer = ops_route(self.ops, environ) or self.stable_endpoint(environ)
         if answer is not None:
             return answer
         name, kind = dynamic_group_of_request(self.ops, environ)
@@ -752,6 +802,10 @@ class ShimApp:
         if answer is None:
             if is_s3_list_parts(environ):
                 return fix_list_parts(self.moto_app, environ, start_response)
+            if is_s3_get_versioning(environ):
+                return fix_list_parts(
+                    self.moto_app, environ, start_response, b"GetBucketVersioningResponse", b"VersioningConfiguration"
+                )
             return self.moto_app(environ, start_response)
         status, body = answer
         if body == "moto-describe":

@@ -67,10 +67,16 @@ impl ClaimOutcome {
     }
 }
 
-/// The claim policy document for a provisioning template, in `region` of `account`.
-pub fn claim_policy_document(region: &str, account: &str, template: &str) -> String {
-    let topic = |t: &str| format!("arn:aws:iot:{region}:{account}:topic/{t}");
-    let filter = |t: &str| format!("arn:aws:iot:{region}:{account}:topicfilter/{t}");
+/// The claim policy document for a provisioning template, in `region` of `account` (ARNs in
+/// `partition`: `aws`, `aws-cn`, `aws-us-gov`, …).
+pub fn claim_policy_document(
+    partition: &str,
+    region: &str,
+    account: &str,
+    template: &str,
+) -> String {
+    let topic = |t: &str| format!("arn:{partition}:iot:{region}:{account}:topic/{t}");
+    let filter = |t: &str| format!("arn:{partition}:iot:{region}:{account}:topicfilter/{t}");
     let create = "$aws/certificates/create/*";
     let provision = format!("$aws/provisioning-templates/{template}/provision/*");
     serde_json::json!({
@@ -195,6 +201,74 @@ async fn check_claim(
     })
 }
 
+/// The claim material in the bucket, as found (read-only: `fleet init --dry-run` asks this).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimState {
+    /// None of the three objects exists.
+    Absent,
+    /// Only these objects exist (an interrupted run).
+    Partial(Vec<&'static str>),
+    /// All three exist.
+    Complete {
+        /// The certificate ARN.
+        certificate_arn: String,
+        /// Whether the certificate is ACTIVE.
+        active: bool,
+        /// Whether `policy` is attached to it.
+        policy_attached: bool,
+    },
+}
+
+/// Looks at the claim material without changing anything: which objects exist, whether the
+/// certificate is ACTIVE and has `policy` attached.
+pub async fn claim_state(aws: &Aws, loc: &S3Location, policy: &str) -> Result<ClaimState> {
+    let mut present = Vec::new();
+    for name in [CERT_NAME, KEY_NAME, ARN_NAME] {
+        if object_exists(aws, loc, name).await? {
+            present.push(name);
+        }
+    }
+    match present.len() {
+        0 => return Ok(ClaimState::Absent),
+        3 => {}
+        _ => return Ok(ClaimState::Partial(present)),
+    }
+    let arn = read_arn(aws, loc).await?;
+    let id = certificate_id(&arn)?;
+    let active = match aws
+        .iot
+        .describe_certificate()
+        .certificate_id(id)
+        .send()
+        .await
+    {
+        Ok(out) => {
+            out.certificate_description.and_then(|d| d.status) == Some(CertificateStatus::Active)
+        }
+        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => false,
+        Err(e) => {
+            return Err(e)
+                .aws_context(|| format!("IoT DescribeCertificate {id} (from {loc}{ARN_NAME})"))
+        }
+    };
+    let policy_attached = active
+        && aws
+            .iot
+            .list_attached_policies()
+            .target(&arn)
+            .send()
+            .await
+            .aws_context(|| format!("IoT ListAttachedPolicies {arn}"))?
+            .policies()
+            .iter()
+            .any(|p| p.policy_name() == Some(policy));
+    Ok(ClaimState::Complete {
+        certificate_arn: arn,
+        active,
+        policy_attached,
+    })
+}
+
 async fn read_arn(aws: &Aws, loc: &S3Location) -> Result<String> {
     let Some(bytes) = get_small_object(aws, loc, ARN_NAME).await? else {
         bail!("{loc}{ARN_NAME} does not exist: run `imgbuild cloud claim ensure` first");
@@ -228,7 +302,7 @@ async fn ensure_policy(aws: &Aws, policy: &str, template: &str) -> Result<bool> 
         Err(e) => return Err(e).aws_context(|| format!("IoT GetPolicy {policy}")),
     }
     let who = aws.caller_identity().await?;
-    let document = claim_policy_document(aws.region(), &who.account, template);
+    let document = claim_policy_document(aws.partition(), aws.region(), &who.account, template);
     aws.iot
         .create_policy()
         .policy_name(policy)
@@ -323,9 +397,13 @@ mod tests {
 
     #[test]
     fn the_policy_allows_exactly_the_provisioning_topics() {
-        let doc: serde_json::Value =
-            serde_json::from_str(&claim_policy_document("eu-west-1", "123456789012", "Tpl"))
-                .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&claim_policy_document(
+            "aws",
+            "eu-west-1",
+            "123456789012",
+            "Tpl",
+        ))
+        .unwrap();
         let statements = doc["Statement"].as_array().unwrap();
         assert_eq!(statements.len(), 3);
         assert_eq!(statements[0]["Action"], "iot:Connect");

@@ -16,7 +16,7 @@ use crate::devices::{self, SyncRequest};
 use crate::error::{CloudError, Context, Result};
 use crate::location::{parse_presign_duration, S3Location};
 use crate::upload::{self, UploadOptions, DEFAULT_JOBS};
-use crate::{deploy, provisioning};
+use crate::{deploy, fleet, provisioning};
 
 /// `imgbuild upload FILE… --to s3://BUCKET/PREFIX/`.
 #[derive(Args, Debug, Clone)]
@@ -90,6 +90,9 @@ pub enum CloudCommand {
     Devices(DevicesCommand),
     /// Deploy Greengrass components to the thing group.
     Deploy(DeployArgs),
+    /// Set up (or remove) everything fleet provisioning by claim needs, from an empty account.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Print the account and identity the AWS credentials belong to.
     Whoami,
 }
@@ -234,6 +237,54 @@ pub enum DevicesCommand {
     },
 }
 
+/// `imgbuild cloud fleet …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum FleetCommand {
+    /// Create what fleet provisioning needs, or verify it: token exchange role and alias, device
+    /// policy, provisioning role and template, claim certificate and policy, thing group, private
+    /// bucket (and with --allowlist-hook a pre-provisioning hook). Prints the plan first; a
+    /// resource that exists but differs is reported as drift (exit status 1), never rewritten.
+    Init {
+        /// Fleet name (1-24 characters of A-Z a-z 0-9 -): prefix of every resource name.
+        #[arg(long)]
+        name: String,
+        /// The fleet's private bucket (default NAME-fleet-ACCOUNT-REGION, lower case).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Thing name = PREFIX + serial number (default NAME-).
+        #[arg(long)]
+        thing_prefix: Option<String>,
+        /// Deploy the allowlist pre-provisioning hook (a Lambda function) and set it on the
+        /// template: only serials on s3://BUCKET/provisioning/allowlist.txt can register.
+        #[arg(long)]
+        allowlist_hook: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Provisioning parameters for `provisioning config` (written after a clean run).
+        #[arg(long, default_value = "provisioning.json")]
+        params: PathBuf,
+        /// Also write a `[greengrass]` section for the build config to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Claim directory the `--out` section names (where `claim fetch --out` puts the files).
+        #[arg(long, default_value = "secrets")]
+        claim_dir: PathBuf,
+    },
+    /// Remove what `fleet init` made. Refuses while things remain in the thing group.
+    Destroy {
+        /// Fleet name.
+        #[arg(long)]
+        name: String,
+        /// The fleet's bucket, if `init` was given one.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Go ahead although things remain in the group (their certificates lose the device policy).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 /// `imgbuild cloud deploy`.
 #[derive(Args, Debug, Clone)]
 pub struct DeployArgs {
@@ -279,6 +330,7 @@ impl CloudCommand {
             CloudCommand::Provisioning(cmd) => run_provisioning(aws, cmd).await,
             CloudCommand::Devices(cmd) => run_devices(aws, cmd).await,
             CloudCommand::Deploy(args) => run_deploy(aws, args).await,
+            CloudCommand::Fleet(cmd) => run_fleet(aws, cmd).await,
             CloudCommand::Whoami => {
                 let who = aws.caller_identity().await?;
                 println!(
@@ -473,6 +525,107 @@ fn confirm_removals(n: usize, group: &str) -> Result<()> {
         "y" | "yes" => Ok(()),
         _ => Err(refused("not confirmed")),
     }
+}
+
+// --- fleet init / destroy ----------------------------------------------------------------
+
+async fn run_fleet(aws: &Aws, cmd: FleetCommand) -> Result<()> {
+    match cmd {
+        FleetCommand::Init {
+            name,
+            bucket,
+            thing_prefix,
+            allowlist_hook,
+            dry_run,
+            params,
+            out,
+            claim_dir,
+        } => {
+            let spec = fleet::resolve_spec(
+                aws,
+                &name,
+                bucket.as_deref(),
+                thing_prefix.as_deref(),
+                allowlist_hook,
+            )
+            .await?;
+            let plan = fleet::plan(aws, &spec).await?;
+            println!("{plan}");
+            if dry_run {
+                println!("dry run: nothing was changed");
+                return Ok(());
+            }
+            let created = fleet::apply(aws, &plan, |line| println!("{line}")).await?;
+            if let Some(err) = plan.drift_error() {
+                return Err(err);
+            }
+            let json = provisioning::params_json(&plan.params)?;
+            write_new_file(&params, &json)?;
+            println!("wrote {}", params.display());
+            if let Some(out) = &out {
+                let path = |file: &str| claim_dir.join(file).display().to_string();
+                let (section, _) = crate::buildconfig::merge(
+                    "",
+                    &out.display().to_string(),
+                    &plan.params,
+                    &path(claim::CERT_NAME),
+                    &path(claim::KEY_NAME),
+                )?;
+                write_new_file(out, &section)?;
+                println!("wrote {} ([greengrass] section)", out.display());
+            }
+            println!(
+                "fleet {} ready ({created} created); devices are things {}SERIAL in group {}; \
+                 claim material: imgbuild cloud claim fetch --bucket {} --out {}",
+                spec.name,
+                spec.thing_prefix,
+                spec.thing_group(),
+                spec.bucket,
+                claim_dir.display()
+            );
+            if spec.hook {
+                println!(
+                    "allowlist hook: only serials in s3://{}/{} can register (upload it with \
+                     imgbuild cloud provisioning publish --allowlist FILE)",
+                    spec.bucket,
+                    fleet::docs::allowlist_key()
+                );
+            }
+            Ok(())
+        }
+        FleetCommand::Destroy {
+            name,
+            bucket,
+            force,
+        } => {
+            let spec = fleet::resolve_spec(aws, &name, bucket.as_deref(), None, false).await?;
+            let done = fleet::destroy(aws, &spec, force, |r| {
+                println!("  {}: {}", r.label, r.outcome)
+            })
+            .await?;
+            let deleted = done
+                .iter()
+                .filter(|r| r.outcome.starts_with("deleted"))
+                .count();
+            println!("fleet {}: {deleted} resource(s) deleted", spec.name);
+            Ok(())
+        }
+    }
+}
+
+/// Writes `text` to `path` through a temporary file beside it and a rename, so a failure never
+/// leaves half a file.
+fn write_new_file(path: &std::path::Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".to_owned());
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.context(|| format!("{}: cannot write", path.display()))
 }
 
 // --- deploy [--wait] -----------------------------------------------------------------------

@@ -22,6 +22,10 @@ pub struct Aws {
     pub greengrass: aws_sdk_greengrassv2::Client,
     /// AWS STS.
     pub sts: aws_sdk_sts::Client,
+    /// AWS IAM (`fleet init|destroy`).
+    pub iam: aws_sdk_iam::Client,
+    /// AWS Lambda (the allowlist pre-provisioning hook).
+    pub lambda: aws_sdk_lambda::Client,
     region: String,
 }
 
@@ -53,6 +57,8 @@ impl Aws {
             iot: aws_sdk_iot::Client::new(config),
             greengrass: aws_sdk_greengrassv2::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
+            iam: aws_sdk_iam::Client::new(config),
+            lambda: aws_sdk_lambda::Client::new(config),
             region: region.to_string(),
         })
     }
@@ -60,6 +66,11 @@ impl Aws {
     /// The AWS Region of every client.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// The AWS partition of the region (`aws`, `aws-cn`, `aws-us-gov`, …), for ARNs.
+    pub fn partition(&self) -> &'static str {
+        crate::fleet::docs::partition(&self.region)
     }
 
     /// The caller's account id and ARN (STS GetCallerIdentity): who the credentials belong to.

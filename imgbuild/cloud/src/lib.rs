@@ -10,6 +10,9 @@
 //!   group, followed device by device.
 //! - [`buildconfig`]: `imgbuild cloud provisioning config` — `imgbuild.toml` with its
 //!   `[greengrass]` section completed from the published parameters (one section, never two).
+//! - [`fleet`]: `imgbuild cloud fleet init|destroy` — everything fleet provisioning by claim
+//!   needs (roles, policies, role alias, template, optional allowlist hook, claim, thing group,
+//!   private bucket), created idempotently with drift reported; and removed again.
 //! - [`cli`]: the clap definitions ([`CloudCommand`], [`UploadArgs`]) the binary embeds.
 //!
 //! Credentials and region come from the standard AWS chain (see [`Aws`]); `AWS_ENDPOINT_URL`
@@ -26,6 +29,7 @@ pub mod client;
 pub mod deploy;
 pub mod devices;
 pub mod error;
+pub mod fleet;
 pub mod location;
 pub mod objects;
 pub mod provisioning;

@@ -85,7 +85,8 @@ pub async fn publish(aws: &Aws, req: &PublishRequest<'_>) -> Result<Provisioning
     Ok(params)
 }
 
-fn params_json(params: &ProvisioningParams) -> Result<String> {
+/// The parameters as the pretty JSON `publish` writes (with a final newline).
+pub(crate) fn params_json(params: &ProvisioningParams) -> Result<String> {
     let mut json =
         serde_json::to_string_pretty(params).context(|| "encoding the provisioning parameters")?;
     json.push('\n');
@@ -104,7 +105,7 @@ pub async fn fetch(aws: &Aws, loc: &S3Location, out: &Path) -> Result<Provisioni
 }
 
 /// An endpoint address of the account (DescribeEndpoint).
-async fn endpoint(aws: &Aws, kind: &str) -> Result<String> {
+pub(crate) async fn endpoint(aws: &Aws, kind: &str) -> Result<String> {
     let out = aws
         .iot
         .describe_endpoint()
