@@ -303,14 +303,20 @@ async fn ensure_policy(aws: &Aws, policy: &str, template: &str) -> Result<bool> 
     }
     let who = aws.caller_identity().await?;
     let document = claim_policy_document(aws.partition(), aws.region(), &who.account, template);
+    create_iot_policy(aws, policy, &document).await?;
+    Ok(true)
+}
+
+/// Creates the IoT policy `name` with the JSON `document`.
+pub(crate) async fn create_iot_policy(aws: &Aws, name: &str, document: &str) -> Result<()> {
     aws.iot
         .create_policy()
-        .policy_name(policy)
+        .policy_name(name)
         .policy_document(document)
         .send()
         .await
-        .aws_context(|| format!("IoT CreatePolicy {policy}"))?;
-    Ok(true)
+        .aws_context(|| format!("IoT CreatePolicy {name}"))?;
+    Ok(())
 }
 
 async fn attach_policy(aws: &Aws, policy: &str, target: &str) -> Result<()> {

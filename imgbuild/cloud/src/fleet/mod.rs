@@ -1098,7 +1098,12 @@ async fn create(
             .await?;
         }
         DevicePolicy => {
-            create_iot_policy(aws, &spec.device_policy(), &spec.device_policy_document()).await?
+            claim::create_iot_policy(
+                aws,
+                &spec.device_policy(),
+                &spec.device_policy_document().to_string(),
+            )
+            .await?
         }
         ThingGroup => {
             let group = spec.thing_group();
@@ -1173,7 +1178,10 @@ async fn create(
                 .aws_context(|| format!("Lambda AddPermission {name}"))?;
         }
         Template => create_template(aws, spec).await?,
-        ClaimPolicy => create_iot_policy(aws, &spec.claim_policy(), &claim_policy(spec)?).await?,
+        ClaimPolicy => {
+            claim::create_iot_policy(aws, &spec.claim_policy(), &claim_policy(spec)?.to_string())
+                .await?
+        }
         ClaimCertificate => {
             let loc = S3Location::new(b, claim::DEFAULT_PREFIX)?;
             claim::ensure_claim(aws, &loc, &spec.claim_policy(), &spec.template()).await?;
@@ -1219,17 +1227,6 @@ async fn attach(aws: &Aws, role: &str, policy_arn: &str) -> Result<()> {
         .send()
         .await
         .aws_context(|| format!("IAM AttachRolePolicy {policy_arn} to {role}"))?;
-    Ok(())
-}
-
-async fn create_iot_policy(aws: &Aws, name: &str, doc: &Value) -> Result<()> {
-    aws.iot
-        .create_policy()
-        .policy_name(name)
-        .policy_document(doc.to_string())
-        .send()
-        .await
-        .aws_context(|| format!("IoT CreatePolicy {name}"))?;
     Ok(())
 }
 
