@@ -10,23 +10,7 @@ use common::*;
 use imgbuild_testkit::moto::Moto;
 use imgbuild_testkit::{debugfs_cat, sha256_file, Fixture, Layout};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output};
-
-/// Runs the binary in `cwd` with the AWS environment of `moto`.
-fn imgbuild_aws(moto: &Moto, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("AWS_PROFILE")
-        .envs(moto.env())
-        .env("HOME", cwd)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env("IMGBUILD_CACHE_DIR", test_cache())
-        .output()
-        .expect("run imgbuild")
-}
 
 fn ok(o: &Output) -> String {
     assert!(

@@ -13,28 +13,12 @@ use common::*;
 use imgbuild_testkit::moto::Moto;
 use imgbuild_testkit::{debugfs_cat, Layout};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn imgbuild(moto: &Moto, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("AWS_PROFILE")
-        .envs(moto.env())
-        .env("HOME", cwd)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env("IMGBUILD_CACHE_DIR", test_cache())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run imgbuild")
-}
 
 /// Runs a README command line (split at spaces) and returns stdout; panics with stderr.
 fn step(moto: &Moto, cwd: &Path, line: &str) -> String {
     let args: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(args[0], "imgbuild");
-    let o = imgbuild(moto, cwd, &args[1..]);
+    let o = imgbuild_aws(moto, cwd, &args[1..]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
@@ -208,7 +192,7 @@ fn empty_account_to_first_device() {
     assert!(out.contains("Lab-SN1 SUCCEEDED"), "{out}");
 
     // 11. Removing the fleet: refused while a device is in the group.
-    let o = imgbuild(
+    let o = imgbuild_aws(
         &moto,
         d,
         &[
@@ -268,7 +252,7 @@ fn init_out_writes_a_section_the_build_accepts_and_drift_fails_the_run() {
         &[],
     );
     std::fs::remove_file(d.join("greengrass.toml")).unwrap();
-    let o = imgbuild(
+    let o = imgbuild_aws(
         &moto,
         d,
         &[

@@ -4,22 +4,13 @@
 //! `[greengrass]` section the build accepts.
 #![cfg(feature = "cloud")]
 
+mod common;
+
+use common::imgbuild_aws;
+
 use imgbuild_testkit::moto::Moto;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn imgbuild(moto: &Moto, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("AWS_PROFILE")
-        .envs(moto.env())
-        .env("HOME", cwd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run imgbuild")
-}
 
 fn text(o: &Output) -> (String, String) {
     (
@@ -86,7 +77,7 @@ fn sync_removals_need_yes_without_a_terminal() {
         "Fleet",
     ];
 
-    let o = imgbuild(&moto, dir.path(), &sync);
+    let o = imgbuild_aws(&moto, dir.path(), &sync);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
     assert!(
@@ -100,7 +91,7 @@ fn sync_removals_need_yes_without_a_terminal() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(snapshot(&moto), before, "refusal changed the account");
 
-    let o = imgbuild(&moto, dir.path(), &[&sync[..], &["--yes"]].concat());
+    let o = imgbuild_aws(&moto, dir.path(), &[&sync[..], &["--yes"]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     assert!(
@@ -108,7 +99,7 @@ fn sync_removals_need_yes_without_a_terminal() {
         "{out}"
     );
 
-    let o = imgbuild(
+    let o = imgbuild_aws(
         &moto,
         dir.path(),
         &["cloud", "devices", "ls", "--thing-group", "Fleet", "--json"],
@@ -200,7 +191,7 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
             "50ms",
         ];
         args.extend_from_slice(extra);
-        imgbuild(&moto, dir.path(), &args)
+        imgbuild_aws(&moto, dir.path(), &args)
     };
 
     let o = deploy(&[]);
@@ -239,7 +230,7 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
     );
 
     // --timeout without --wait is a usage error.
-    let o = imgbuild(
+    let o = imgbuild_aws(
         &moto,
         dir.path(),
         &[
@@ -272,7 +263,7 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
             "role_alias": "GGAlias", "provisioning_template": "FleetTemplate", "thing_group": "Fleet"}"#,
     )
     .unwrap();
-    let o = imgbuild(
+    let o = imgbuild_aws(
         &moto,
         dir.path(),
         &[
@@ -308,7 +299,7 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
     let doubled = format!("{merged}\n[greengrass]\nregion = \"eu-west-1\"\n");
     assert!(imgbuild_core::config::Config::parse(&doubled, "x").is_err());
     // Overwriting an input is refused.
-    let o = imgbuild(
+    let o = imgbuild_aws(
         &moto,
         dir.path(),
         &[
@@ -324,7 +315,7 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
     assert_eq!(o.status.code(), Some(1));
     // Also under another spelling of the same path; the input is left as it was.
     let before = std::fs::read(dir.path().join("imgbuild.toml")).unwrap();
-    let o = imgbuild(
+    let o = imgbuild_aws(
         &moto,
         dir.path(),
         &[

@@ -614,12 +614,7 @@ fn killed_or_terminated_at_every_crash_point_out_stays_complete_and_no_key_leaks
         }
     });
     // Nothing of any crashed build survives in the cache's scratch area either.
-    let o = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-        .args(["cache", "ls", "--cache-dir"])
-        .arg(&cache)
-        .output()
-        .expect("cache ls");
-    let ls = String::from_utf8_lossy(&o.stdout);
+    let ls = cache_ls(&cache);
     assert!(!ls.contains("writer gone"), "{ls}");
 }
 
@@ -881,12 +876,7 @@ fn stopped_while_decompressing_the_base_into_the_cache() {
         );
         // Killed: the half-written raw image is in the cache's scratch area, its writer gone;
         // terminated: the handler removed it.
-        let o = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-            .args(["cache", "ls", "--cache-dir"])
-            .arg(&cache)
-            .output()
-            .expect("cache ls");
-        let ls = String::from_utf8_lossy(&o.stdout).into_owned();
+        let ls = cache_ls(&cache);
         match signal {
             "kill" => assert!(ls.contains("scratch (writer gone)"), "{signal}: {ls}"),
             _ => assert!(!ls.contains("scratch"), "{signal}: {ls}"),
@@ -899,13 +889,18 @@ fn stopped_while_decompressing_the_base_into_the_cache() {
             cold,
             "{signal}: differs from a cold build"
         );
-        let o = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-            .args(["cache", "ls", "--cache-dir"])
-            .arg(&cache)
-            .output()
-            .expect("cache ls");
-        let ls = String::from_utf8_lossy(&o.stdout).into_owned();
+        let ls = cache_ls(&cache);
         assert!(!ls.contains("scratch"), "{signal}: swept at start: {ls}");
         assert!(ls.lines().any(|l| l.starts_with("raw")), "{signal}: {ls}");
     }
+}
+
+/// `imgbuild cache ls --cache-dir CACHE`'s standard output.
+fn cache_ls(cache: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .args(["cache", "ls", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .expect("cache ls");
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

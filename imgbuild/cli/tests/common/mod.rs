@@ -72,6 +72,23 @@ pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
         .expect("run imgbuild")
 }
 
+/// Runs the real binary in `cwd` with the AWS environment of `moto` (no profile, `HOME` = `cwd`,
+/// no terminal on stdin) and the test cache.
+pub fn imgbuild_aws(moto: &imgbuild_testkit::moto::Moto, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .current_dir(cwd)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("AWS_PROFILE")
+        .envs(moto.env())
+        .env("HOME", cwd)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("IMGBUILD_CACHE_DIR", test_cache())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run imgbuild")
+}
+
 /// Asserts a run failed with exactly one `imgbuild: error:` line containing every needle,
 /// and left nothing in `out`.
 pub fn assert_fails(o: &Output, out: &Path, needles: &[&str]) {
