@@ -21,6 +21,7 @@
 //! `.sha256`, `.bmap` and `manifest.json` made with it. Sweeping also happens under the lock.
 
 use crate::error::{Context, Result};
+use imgbuild_fetch::process_start;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -93,14 +94,6 @@ fn tidy(out: &Path) {
 fn me() -> String {
     let pid = std::process::id();
     format!("{pid} {} {}\n", process_start(pid).unwrap_or(0), boot_id())
-}
-
-/// Start time of process `pid` (field 22 of `/proc/PID/stat`), `None` if it does not exist.
-pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn boot_id() -> String {

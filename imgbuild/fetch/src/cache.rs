@@ -497,8 +497,9 @@ impl Cache {
 }
 
 /// The start time of process `pid` (clock ticks after boot, field 22 of `/proc/PID/stat`), or
-/// `None` when there is no such process.
-fn process_start(pid: u32) -> Option<u64> {
+/// `None` when there is no such process. With the pid it tells a live writer from a dead one
+/// whose pid was reused (the cache's scratch files and the builds' scratch dirs use it).
+pub fn process_start(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -34,7 +34,7 @@ mod verify;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use cache::{Cache, Entry, EntryKind, EntryLock, PruneReport};
+pub use cache::{process_start, Cache, Entry, EntryKind, EntryLock, PruneReport};
 pub use download::USER_AGENT;
 pub use error::FetchError;
 pub use verify::{normalize_sha256, normalize_sha512, sha256_file, sha512_file, SigningKey};
