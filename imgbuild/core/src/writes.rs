@@ -717,3 +717,123 @@ fn id_of(
 fn parent(path: &str) -> &str {
     path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imgbuild_ext2fs::Stat;
+
+    /// An image with `/lib -> usr/lib`, `/usr/lib/systemd/system/` and an `/etc/passwd`.
+    struct Mem;
+
+    fn stat(kind: FileKind) -> Stat {
+        Stat {
+            ino: 12,
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            links: 1,
+        }
+    }
+
+    impl ImageView for Mem {
+        fn root_stat(&self, path: &str) -> Result<Option<Stat>> {
+            Ok(match path {
+                "/lib" => Some(stat(FileKind::Symlink)),
+                "/usr" | "/usr/lib" | "/usr/lib/systemd" | "/usr/lib/systemd/system" | "/etc" => {
+                    Some(stat(FileKind::Directory))
+                }
+                "/etc/passwd" => Some(stat(FileKind::Regular)),
+                _ => None,
+            })
+        }
+        fn root_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+            Ok((path == "/etc/passwd").then(|| b"root:x:0:0::/root:/bin/sh\n".to_vec()))
+        }
+        fn root_link(&self, path: &str) -> Result<String> {
+            assert_eq!(path, "/lib");
+            Ok("usr/lib".into())
+        }
+        fn root_dir(&self, _: &str) -> Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+        fn boot_file(&self, _: &str) -> Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+    }
+
+    fn board() -> Board {
+        crate::board::find("generic-arm64", None).expect("built-in board")
+    }
+
+    #[test]
+    fn a_planned_file_is_seen_through_the_images_parent_symlinks() {
+        let b = board();
+        let s = &mut Staged {
+            image: &Mem,
+            board: &b,
+            user: None,
+            root: BTreeMap::new(),
+            boot: BTreeMap::new(),
+            ops: Vec::new(),
+        };
+        s.root_file(
+            "/lib/systemd/system/a.service",
+            b"[Install]\nWantedBy=multi-user.target\n".to_vec(),
+            Owned::root(0o644),
+            "test",
+        )
+        .expect("plan");
+        assert_eq!(
+            s.canonical("/lib/systemd/system/a.service")
+                .expect("canonical"),
+            "/usr/lib/systemd/system/a.service"
+        );
+        assert!(s
+            .read_root("/usr/lib/systemd/system/a.service")
+            .expect("read")
+            .is_some());
+        assert_eq!(s.kind("/usr/lib/systemd").expect("kind"), Some(Kind::Dir));
+        // Enabling finds it (first under /usr/lib) and links to that path.
+        s.enable_unit("a.service", 0).expect("enable");
+        let link = s.ops.last().expect("a link op");
+        assert_eq!(
+            link.write,
+            Write::RootSymlink {
+                path: "/etc/systemd/system/multi-user.target.wants/a.service".into(),
+                target: "/usr/lib/systemd/system/a.service".into(),
+                owned: Owned::root(0o777),
+            }
+        );
+    }
+
+    #[test]
+    fn plan_errors_name_the_origin_and_the_path() {
+        let b = board();
+        let mut plan = Plan::default();
+        plan.file(
+            "/etc/passwd/x",
+            b"x".to_vec(),
+            0o644,
+            OwnerSpec::root(),
+            "[[file]]",
+        );
+        let err = plan_writes(&plan, &b, &Mem, None).expect_err("passwd is a file");
+        assert!(
+            err.to_string().contains(
+                "[[file]]: /etc/passwd/x: /etc/passwd exists in the image and is not a directory"
+            ),
+            "{err}"
+        );
+        let mut plan = Plan::default();
+        plan.enable_units.push("missing.service".into());
+        let err = plan_writes(&plan, &b, &Mem, None).expect_err("no such unit");
+        assert!(
+            err.to_string().contains("unit missing.service not found"),
+            "{err}"
+        );
+    }
+}
