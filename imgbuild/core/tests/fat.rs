@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use imgbuild_core::fs::fat::{cmdline_append, config_txt_set, FatFs};
+use imgbuild_core::fs::ByteRanges;
 use sha2::{Digest, Sha256};
 
 /// 2024-02-29 13:14:15 UTC, the time stamp every test writes with.
@@ -240,7 +241,7 @@ impl Fixture {
     /// The full check after a session: fsck clean, mtools reads back exactly the model, nothing
     /// outside the partition changed, and every changed byte lies in a reported written range
     /// inside the partition.
-    fn verify(&self, before: &[u8], ranges: &[(u64, u64)]) {
+    fn verify(&self, before: &[u8], ranges: &ByteRanges) {
         self.fsck();
         for (path, data) in &self.files {
             assert_eq!(
@@ -262,10 +263,10 @@ impl Fixture {
             "bytes outside the partition changed"
         );
         assert_ranges_cover_changes(before, &after, ranges);
-        for &(start, end) in ranges {
+        for (start, len) in ranges {
             assert!(
-                start < end && start >= self.offset && end <= self.offset + self.len,
-                "range {start}..{end}"
+                len > 0 && start >= self.offset && start + len <= self.offset + self.len,
+                "range {start}+{len}"
             );
         }
     }
@@ -274,7 +275,7 @@ impl Fixture {
     fn session(
         &mut self,
         ops: impl FnOnce(&mut FatFs, &mut BTreeMap<String, Vec<u8>>),
-    ) -> Vec<(u64, u64)> {
+    ) -> ByteRanges {
         let before = self.read_image();
         let mut fat = self.open();
         ops(&mut fat, &mut self.files);
@@ -286,17 +287,18 @@ impl Fixture {
 
 /// Every byte that differs between `before` and `after` lies inside one of `ranges`
 /// (compared in 4 KiB blocks, then byte by byte inside differing blocks not wholly covered).
-fn assert_ranges_cover_changes(before: &[u8], after: &[u8], ranges: &[(u64, u64)]) {
+fn assert_ranges_cover_changes(before: &[u8], after: &[u8], ranges: &ByteRanges) {
     assert_eq!(before.len(), after.len());
     assert!(
-        ranges.windows(2).all(|w| w[0].1 < w[1].0),
+        ranges
+            .as_slice()
+            .windows(2)
+            .all(|w| w[0].0 + w[0].1 < w[1].0),
         "ranges are sorted and merged: {ranges:?}"
     );
-    // Whether [start, end) lies inside one range.
-    let covered = |start: u64, end: u64| {
-        let i = ranges.partition_point(|&(s, _)| s <= start);
-        i > 0 && ranges[i - 1].1 >= end
-    };
+    // Whether [start, end) lies inside the ranges.
+    let covered =
+        |start: u64, end: u64| ranges.intersection(start, end - start).total_bytes() == end - start;
     const BLOCK: usize = 4096;
     for (i, (a, b)) in before.chunks(BLOCK).zip(after.chunks(BLOCK)).enumerate() {
         let start = (i * BLOCK) as u64;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fatfs::{Date, DateTime, FatType, FileSystem, FsOptions, Time, TimeProvider};
 
 use crate::error::{Context, Error, Result};
+use crate::fs::ByteRanges;
 
 // ---------------------------------------------------------------------------------------------
 // The window onto the image file
@@ -30,10 +31,8 @@ use crate::error::{Context, Error, Result};
 /// What the window did, shared between an [`ImageWindow`] (owned by `fatfs`) and its [`FatFs`].
 #[derive(Debug, Default)]
 struct IoLog {
-    /// Written byte ranges of the image file, `(start, end)` half-open; merged lazily.
-    written: Vec<(u64, u64)>,
-    /// Length of `written` right after its last compaction.
-    compacted_len: usize,
+    /// Written byte ranges of the image file (absolute offsets).
+    written: ByteRanges,
     /// How often each position was read by a small (metadata-sized) read in this operation.
     small_reads: HashMap<u64, u32>,
 }
@@ -48,19 +47,9 @@ const SMALL_READ: usize = 32;
 const MAX_REREADS: u32 = 256;
 
 impl IoLog {
-    /// Records a write of `[start, end)`, coalescing with the previous write when they touch.
-    fn record_write(&mut self, start: u64, end: u64) {
-        if let Some(last) = self.written.last_mut() {
-            if start <= last.1 && end >= last.0 {
-                *last = (last.0.min(start), last.1.max(end));
-                return;
-            }
-        }
-        self.written.push((start, end));
-        if self.written.len() > 2 * self.compacted_len.max(1024) {
-            self.written = merge_ranges(std::mem::take(&mut self.written));
-            self.compacted_len = self.written.len();
-        }
+    /// Records a write of `len` bytes at `start`.
+    fn record_write(&mut self, start: u64, len: u64) {
+        self.written.insert(start, len);
     }
 
     /// Counts a read of `n` bytes at window position `pos`; fails once a metadata position has
@@ -83,19 +72,6 @@ impl IoLog {
     fn start_operation(&mut self) {
         self.small_reads.clear();
     }
-}
-
-/// Sorts half-open `(start, end)` ranges and merges those that overlap or touch.
-fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (start, end) in ranges {
-        match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
-        }
-    }
-    merged
 }
 
 /// Locks the shared log; a poisoned lock only means another thread panicked while holding it,
@@ -144,10 +120,9 @@ impl ImageWindow {
         })
     }
 
-    /// Byte ranges of the image file written through this window so far, as half-open
-    /// `(start, end)` absolute file offsets, sorted, with overlapping or touching ranges merged.
-    pub fn written_ranges(&self) -> Vec<(u64, u64)> {
-        merge_ranges(lock(&self.log).written.clone())
+    /// Byte ranges of the image file (absolute offsets) written through this window so far.
+    pub fn written_ranges(&self) -> ByteRanges {
+        lock(&self.log).written.clone()
     }
 }
 
@@ -189,7 +164,7 @@ impl Write for ImageWindow {
         }
         let at = self.offset + self.pos;
         let n = self.file.write_at(buf, at)?;
-        lock(&self.log).record_write(at, at + n as u64);
+        lock(&self.log).record_write(at, n as u64);
         self.pos += n as u64;
         Ok(n)
     }
@@ -513,16 +488,16 @@ impl FatFs {
         )
     }
 
-    /// Byte ranges of the image file written so far, as half-open `(start, end)` absolute file
-    /// offsets, sorted and merged. A superset of the changed bytes: a range may hold bytes that
-    /// were rewritten with their old value (the dirty flag is set, then cleared on close).
-    pub fn written_ranges(&self) -> Vec<(u64, u64)> {
-        merge_ranges(lock(&self.log).written.clone())
+    /// Byte ranges of the image file (absolute offsets) written so far. A superset of the
+    /// changed bytes: a range may hold bytes that were rewritten with their old value (the dirty
+    /// flag is set, then cleared on close).
+    pub fn written_ranges(&self) -> ByteRanges {
+        lock(&self.log).written.clone()
     }
 
     /// Finishes the file system cleanly (FSInfo sector, dirty flag) and returns every byte range
     /// of the image file that was written while it was open (see [`FatFs::written_ranges`]).
-    pub fn close(self) -> Result<Vec<(u64, u64)>> {
+    pub fn close(self) -> Result<ByteRanges> {
         let what = self.place("/");
         let FatFs {
             fs, log, poisoned, ..
@@ -538,7 +513,7 @@ impl FatFs {
             Ok(result) => result.context(|| format!("{what}: unmounting"))?,
             Err(panic) => crate::bail!("{what}: unmounting: {}", panic_text(&*panic)),
         }
-        let ranges = merge_ranges(lock(&log).written.clone());
+        let ranges = lock(&log).written.clone();
         Ok(ranges)
     }
 
@@ -777,7 +752,7 @@ impl RawDirs {
         }
         let at = self.offset + start;
         self.file.write_all_at(&fixed, at)?;
-        lock(&self.log).record_write(at, at + fixed.len() as u64);
+        lock(&self.log).record_write(at, fixed.len() as u64);
         Ok(())
     }
 }
@@ -1032,12 +1007,6 @@ mod tests {
     }
 
     #[test]
-    fn merge_ranges_sorts_and_merges_touching_and_overlapping() {
-        let merged = merge_ranges(vec![(10, 20), (0, 5), (5, 7), (15, 30), (40, 41)]);
-        assert_eq!(merged, vec![(0, 7), (10, 30), (40, 41)]);
-    }
-
-    #[test]
     fn window_refuses_to_leave_its_range_and_records_writes() {
         let mut tmp = tempfile::tempfile().unwrap();
         tmp.write_all(&[0xAA; 100]).unwrap();
@@ -1054,7 +1023,7 @@ mod tests {
         assert_eq!(window.read_to_end(&mut rest).unwrap(), 0);
         window.seek(SeekFrom::Start(0)).unwrap();
         window.write_all(&[2; 2]).unwrap();
-        assert_eq!(window.written_ranges(), vec![(10, 12), (26, 30)]);
+        assert_eq!(window.written_ranges().as_slice(), &[(10, 2), (26, 4)]);
         let mut all = Vec::new();
         tmp.seek(SeekFrom::Start(0)).unwrap();
         tmp.read_to_end(&mut all).unwrap();

@@ -1,3 +1,5 @@
 //! File-system patchers: FAT through `fatfs`, ext4 through libext2fs.
 
 pub mod fat;
+
+pub use imgbuild_ranges::ByteRanges;
