@@ -7,9 +7,10 @@
 
 use crate::access::{self, ImageFiles};
 use crate::board::{AccessStyle, Board, Role};
+use crate::bootconfig;
 use crate::config::{IdRef, OwnerSpec, UserConfig};
 use crate::error::{Error, Result};
-use crate::fs::fat::{self, FatFs};
+use crate::fs::fat::FatFs;
 use crate::plan::{Entry, EntryKind, Plan};
 use crate::units;
 use imgbuild_ext2fs::{FileKind, Fs, Meta};
@@ -341,14 +342,15 @@ impl Writer<'_> {
                     "boot.cmdline_append: {path} is missing on the boot partition of this image"
                 );
             };
-            let new = fat::cmdline_append(&String::from_utf8_lossy(&old), &plan.cmdline_append);
+            let new =
+                bootconfig::cmdline_append(&String::from_utf8_lossy(&old), &plan.cmdline_append);
             self.write_boot_file(&path, new.as_bytes(), "[boot] cmdline_append")?;
             if let Some(persist) = files.cmdline_persist.as_deref() {
                 // One line, no comments (raspi-firmware pastes it after its own tokens).
                 let old = self.read_root(persist)?.unwrap_or_default();
                 let old = String::from_utf8_lossy(&old);
                 let old = old.lines().next().unwrap_or("").trim();
-                let new = fat::cmdline_append(old, &plan.cmdline_append);
+                let new = bootconfig::cmdline_append(old, &plan.cmdline_append);
                 let new = format!("{}\n", new.trim());
                 self.write_persist(
                     persist,
@@ -366,11 +368,12 @@ impl Writer<'_> {
             };
             let path = format!("/{}", name.trim_start_matches('/'));
             let old = self.boot.read_file(&path)?.unwrap_or_default();
-            let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
+            let new = bootconfig::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
             self.write_boot_file(&path, new.as_bytes(), "[boot.config]")?;
             if let Some(persist) = files.config_persist.as_deref() {
                 let old = self.read_root(persist)?.unwrap_or_default();
-                let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
+                let new =
+                    bootconfig::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
                 self.write_persist(persist, &new, "[boot.config] (kept across upgrades)")?;
             }
         }

@@ -10,7 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use imgbuild_core::fs::fat::{cmdline_append, config_txt_set, FatFs};
+use imgbuild_core::bootconfig::{cmdline_append, config_txt_set};
+use imgbuild_core::fs::fat::FatFs;
 use imgbuild_core::fs::ByteRanges;
 use sha2::{Digest, Sha256};
 
