@@ -272,6 +272,76 @@ impl Fixture {
         }
     }
 
+    /// Checks the `.` and `..` entries of every directory cluster in the partition, read from
+    /// the raw bytes (the FAT specification's rules, which `fatfs` 0.3.6 broke unpatched: see
+    /// vendor/fatfs/PATCHES.md): `.` is a short-name entry in slot 0 naming the directory's own
+    /// cluster, `..` is in slot 1 and names the parent's cluster, or 0 when the parent is the
+    /// root directory (also on FAT32), and neither appears anywhere else. Returns the number
+    /// of directories found and how many of them have a parent other than the root.
+    fn check_dot_entries(&self) -> (usize, usize) {
+        let image = self.read_image();
+        let b = &image[self.offset as usize..(self.offset + self.len) as usize];
+        let u16_at = |at: usize| u64::from(u16::from_le_bytes([b[at], b[at + 1]]));
+        let u32_at =
+            |at: usize| u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]));
+        let sector = u16_at(11);
+        let fat_sectors = if u16_at(22) == 0 {
+            u32_at(36)
+        } else {
+            u16_at(22)
+        };
+        let root_cluster = if u16_at(22) == 0 { u32_at(44) } else { 0 };
+        let root_dir_sectors = (u16_at(17) * 32).div_ceil(sector);
+        let data =
+            ((u16_at(14) + u64::from(b[16]) * fat_sectors + root_dir_sectors) * sector) as usize;
+        let cluster_size = (sector * u64::from(b[13])) as usize;
+        let entry = |cluster: usize, slot: usize| {
+            let at = data + cluster * cluster_size + slot * 32;
+            let e = &b[at..at + 32];
+            let first = u64::from(u16::from_le_bytes([e[26], e[27]]))
+                | (u64::from(u16::from_le_bytes([e[20], e[21]])) << 16);
+            (&e[..11], e[11], first)
+        };
+        let clusters = (b.len() - data) / cluster_size;
+        let mut parents = BTreeMap::new();
+        for c in 0..clusters {
+            for slot in 0..cluster_size / 32 {
+                let (name, attr, first) = entry(c, slot);
+                let dot = name == b".          ";
+                let dotdot = name == b"..         ";
+                match slot {
+                    0 if dot => {
+                        assert_eq!(attr & 0x10, 0x10, "`.` of cluster {} is a directory", c + 2);
+                        assert_eq!(first, c as u64 + 2, "`.` names its own cluster");
+                        let (name1, attr1, parent) = entry(c, 1);
+                        assert_eq!(name1, b"..         ", "slot 1 of cluster {} is `..`", c + 2);
+                        assert_eq!(attr1 & 0x10, 0x10);
+                        assert!(
+                            root_cluster == 0 || parent != root_cluster,
+                            "`..` of cluster {} names the FAT32 root cluster instead of 0",
+                            c + 2
+                        );
+                        parents.insert(c as u64 + 2, parent);
+                    }
+                    1 if dotdot && entry(c, 0).0 == b".          " => {}
+                    _ => assert!(
+                        !dot && !dotdot,
+                        "a `.` or `..` entry in slot {slot} of cluster {}",
+                        c + 2
+                    ),
+                }
+            }
+        }
+        for (dir, parent) in &parents {
+            assert!(
+                *parent == 0 || parents.contains_key(parent),
+                "`..` of the directory at cluster {dir} names cluster {parent}, not a directory"
+            );
+        }
+        let nested = parents.values().filter(|p| **p != 0).count();
+        (parents.len(), nested)
+    }
+
     /// Opens, runs `ops`, closes, and verifies the result against the state before.
     fn session(
         &mut self,
@@ -372,6 +442,12 @@ fn create_replace_delete(kind: Kind) {
         write(fat, files, "/overlays/new-overlay.dtbo", noise(5, 70_000));
     });
     assert!(!ranges.is_empty());
+    // overlays (made by mtools), firstboot and firstboot/Greengrass (made by fatfs).
+    let (dirs, nested) = fx.check_dot_entries();
+    assert!(
+        dirs >= 3 && nested >= 1,
+        "{dirs} directories, {nested} nested"
+    );
     let listing =
         String::from_utf8(fx.mtools("mdir", &["::/firstboot/Greengrass"]).stdout).unwrap();
     assert!(

@@ -244,13 +244,17 @@ impl<'a, T: ReadWriteSeek + 'a> Dir<'a, T> {
                 let entry = self.write_entry(name, sfn_entry)?;
                 let dir = entry.to_dir();
                 // create special entries "." and ".."
+                // imgbuild patch (vendor/fatfs/PATCHES.md): they are short-name entries only, in
+                // slots 0 and 1 of the new directory (`write_entry` put a long-name entry before
+                // each), and `..` of a directory in the root directory names cluster 0, also on
+                // FAT32 (where the root directory has a cluster of its own).
                 let dot_sfn = ShortNameGenerator::generate_dot();
                 let sfn_entry = self.create_sfn_entry(dot_sfn, FileAttributes::DIRECTORY, entry.first_cluster());
-                dir.write_entry(".", sfn_entry)?;
+                dir.write_sfn_only_entry(sfn_entry)?;
                 let dotdot_sfn = ShortNameGenerator::generate_dotdot();
-                let sfn_entry =
-                    self.create_sfn_entry(dotdot_sfn, FileAttributes::DIRECTORY, self.stream.first_cluster());
-                dir.write_entry("..", sfn_entry)?;
+                let parent_cluster = if self.is_root_dir() { None } else { self.stream.first_cluster() };
+                let sfn_entry = self.create_sfn_entry(dotdot_sfn, FileAttributes::DIRECTORY, parent_cluster);
+                dir.write_sfn_only_entry(sfn_entry)?;
                 Ok(dir)
             },
             // directory already exists - return it
@@ -441,6 +445,25 @@ impl<'a, T: ReadWriteSeek + 'a> Dir<'a, T> {
             lfn_entry.serialize(&mut stream)?;
         }
         Ok((stream, start_pos))
+    }
+
+    /// imgbuild patch: whether this is the root directory of the file system.
+    fn is_root_dir(&self) -> bool {
+        match self.stream {
+            DirRawStream::Root(_) => true,
+            DirRawStream::File(ref file) => {
+                let root = self.fs.root_dir_first_cluster();
+                root.is_some() && file.first_cluster() == root
+            },
+        }
+    }
+
+    /// imgbuild patch: writes a short-name entry with no long-name entries in the first free
+    /// slot (for `.` and `..`, which never have a long name).
+    fn write_sfn_only_entry(&self, raw_entry: DirFileEntryData) -> io::Result<()> {
+        trace!("write_sfn_only_entry");
+        let mut stream = self.find_free_entries(1)?;
+        raw_entry.serialize(&mut stream)
     }
 
     fn write_entry(&self, name: &str, raw_entry: DirFileEntryData) -> io::Result<DirEntry<'a, T>> {

@@ -297,6 +297,15 @@ pub struct FileSystem<T: ReadWriteSeek> {
 }
 
 impl<T: ReadWriteSeek> FileSystem<T> {
+    /// imgbuild patch: the first cluster of the root directory on FAT32, `None` on FAT12/16
+    /// (whose root directory is a fixed region, not a cluster chain).
+    pub(crate) fn root_dir_first_cluster(&self) -> Option<u32> {
+        match self.fat_type {
+            FatType::Fat32 => Some(self.bpb.root_dir_first_cluster),
+            FatType::Fat12 | FatType::Fat16 => None,
+        }
+    }
+
     /// Creates a new filesystem object instance.
     ///
     /// Supplied `disk` parameter cannot be seeked. If there is a need to read a fragment of disk

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use fatfs::{Date, DateTime, FatType, FileSystem, FsOptions, Time, TimeProvider};
 
-use super::fatfix::{panic_text, Geometry, RawDirs};
+use super::fatfix::{claimed_len, panic_text};
 use super::window::{lock, IoLog};
 use crate::error::{Context, Error, Result};
 use crate::fs::ByteRanges;
@@ -108,7 +108,6 @@ fn time_provider(unix: i64) -> &'static FixedTime {
 /// directory's cluster chain) are turned into errors; after a panic the file system refuses further work.
 pub struct FatFs {
     fs: FileSystem<ImageWindow>,
-    raw: RawDirs,
     log: Arc<Mutex<IoLog>>,
     image: PathBuf,
     offset: u64,
@@ -151,15 +150,8 @@ impl FatFs {
                 what()
             );
         }
-        let geometry = Geometry::read(&file, offset, len).context(what)?;
+        let fs_len = claimed_len(&file, offset, len).context(what)?;
         let log: Arc<Mutex<IoLog>> = Arc::default();
-        let raw = RawDirs {
-            file: file.try_clone().context(what)?,
-            offset,
-            len,
-            geometry,
-            log: Arc::clone(&log),
-        };
         let window = ImageWindow::with_log(file, offset, len, Arc::clone(&log)).context(what)?;
         let options = FsOptions::new()
             .update_accessed_date(false)
@@ -173,17 +165,16 @@ impl FatFs {
                 panic_text(&*panic)
             ),
         };
-        if geometry.fs_len > len {
+        if fs_len > len {
             // Dropping `fs` would unmount it, which writes only if something was changed: nothing was.
             crate::bail!(
                 "{}: the file system claims {} bytes, more than its partition",
                 what(),
-                geometry.fs_len
+                fs_len
             );
         }
         Ok(FatFs {
             fs,
-            raw,
             log,
             image: image.to_path_buf(),
             offset,
@@ -262,10 +253,7 @@ impl FatFs {
     pub fn write_file(&mut self, path: &str, data: &[u8]) -> Result<()> {
         let rel = file_path(path).map_err(|e| self.error(path, e))?;
         self.check_space(path, &rel, data.len() as u64)?;
-        let written = self.run(
-            || self.place(path),
-            |fs| write_at_path(fs, &self.raw, &rel, data),
-        );
+        let written = self.run(|| self.place(path), |fs| write_at_path(fs, &rel, data));
         match written {
             Err(e) if e.message().contains(NO_SPACE) => Err(self.no_space(path, data.len() as u64)),
             other => other,
@@ -404,22 +392,13 @@ const NO_SPACE: &str = "No space left on device";
 
 /// Creates parent directories and writes `data` to the file `rel`, removing the file again if
 /// the disk fills up half way.
-fn write_at_path(
-    fs: &FileSystem<ImageWindow>,
-    raw: &RawDirs,
-    rel: &str,
-    data: &[u8],
-) -> io::Result<()> {
+fn write_at_path(fs: &FileSystem<ImageWindow>, rel: &str, data: &[u8]) -> io::Result<()> {
     let (parents, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let mut dir = fs.root_dir();
     for component in parents.split('/').filter(|c| !c.is_empty()) {
         dir = match dir.open_dir(component) {
             Ok(existing) => existing,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let created = dir.create_dir(component)?;
-                raw.fix_dot_entries(&created)?;
-                created
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => dir.create_dir(component)?,
             Err(e) => return Err(e),
         };
     }
