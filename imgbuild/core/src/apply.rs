@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::fs::fat::FatFs;
 use crate::writes::{Op, Owned, Write};
 use imgbuild_ext2fs::{FileKind, Fs, Meta};
+use imgbuild_ranges::ByteRanges;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -52,8 +53,8 @@ pub struct Written {
 pub struct Applied {
     /// Everything written, in order.
     pub written: Vec<Written>,
-    /// Byte ranges of the image file that were modified (sorted, merged).
-    pub dirty: Vec<(u64, u64)>,
+    /// Byte ranges of the image file that were modified.
+    pub dirty: ByteRanges,
 }
 
 /// Inputs of the apply stage that do not come from the plan.
@@ -91,16 +92,8 @@ pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
         ..
     } = w;
     let mut dirty = root.close_tracked()?;
-    // fatfs reports half-open (start, end) ranges; the pipeline works with (offset, length).
-    dirty.extend(
-        boot.close()?
-            .into_iter()
-            .map(|(start, end)| (start, end.saturating_sub(start))),
-    );
-    Ok(Applied {
-        written,
-        dirty: merge(dirty),
-    })
+    dirty.merge(&boot.close()?);
+    Ok(Applied { written, dirty })
 }
 
 /// Turns running out of space on the root file system into [`Error::RootFull`], with an
@@ -141,19 +134,6 @@ fn root_full(e: Error, op: &Op, rest: &[Op], block_size: u64) -> Error {
             .saturating_sub(free_bytes)
             .max(1 << 20),
     }
-}
-
-/// Sorts and merges overlapping or touching ranges.
-pub fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    r.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
-    for (off, len) in r {
-        match out.last_mut() {
-            Some((o, l)) if off <= *o + *l => *l = (*l).max(off + len - *o),
-            _ => out.push((off, len)),
-        }
-    }
-    out
 }
 
 struct Writer {
@@ -309,19 +289,5 @@ impl Writer {
             origin: origin.to_string(),
         });
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge;
-
-    #[test]
-    fn merge_joins_overlapping_and_touching_ranges() {
-        assert_eq!(
-            merge(vec![(10, 5), (0, 4), (4, 2), (12, 10), (100, 1)]),
-            [(0, 6), (10, 12), (100, 1)]
-        );
-        assert!(merge(vec![]).is_empty());
     }
 }

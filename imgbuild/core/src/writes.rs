@@ -15,9 +15,10 @@
 
 use crate::access::{self, ImageFiles};
 use crate::board::{AccessStyle, Board, Role};
+use crate::bootconfig;
 use crate::config::{IdRef, OwnerSpec};
 use crate::error::{Context, Error, Result};
-use crate::fs::fat::{self, FatFs};
+use crate::fs::fat::FatFs;
 use crate::plan::{Entry, EntryKind, Plan};
 use crate::spec::PreseedDebs;
 use crate::units;
@@ -514,14 +515,15 @@ impl Staged<'_> {
                     "boot.cmdline_append: {path} is missing on the boot partition of this image"
                 );
             };
-            let new = fat::cmdline_append(&String::from_utf8_lossy(&old), &plan.cmdline_append);
+            let new =
+                bootconfig::cmdline_append(&String::from_utf8_lossy(&old), &plan.cmdline_append);
             self.boot_file(&path, new.into_bytes(), "[boot] cmdline_append")?;
             if let Some(persist) = files.cmdline_persist.as_deref() {
                 // One line, no comments (raspi-firmware pastes it after its own tokens).
                 let old = self.read_root(persist)?.unwrap_or_default();
                 let old = String::from_utf8_lossy(&old);
                 let old = old.lines().next().unwrap_or("").trim();
-                let new = fat::cmdline_append(old, &plan.cmdline_append);
+                let new = bootconfig::cmdline_append(old, &plan.cmdline_append);
                 let new = format!("{}\n", new.trim());
                 self.persist(persist, new, "[boot] cmdline_append (kept across upgrades)")?;
             }
@@ -535,11 +537,12 @@ impl Staged<'_> {
             };
             let path = format!("/{}", name.trim_start_matches('/'));
             let old = ImageFiles::boot_file(self, &path)?.unwrap_or_default();
-            let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
+            let new = bootconfig::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
             self.boot_file(&path, new.into_bytes(), "[boot.config]")?;
             if let Some(persist) = files.config_persist.as_deref() {
                 let old = self.read_root(persist)?.unwrap_or_default();
-                let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
+                let new =
+                    bootconfig::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
                 self.persist(persist, new, "[boot.config] (kept across upgrades)")?;
             }
         }
