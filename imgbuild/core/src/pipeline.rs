@@ -211,6 +211,17 @@ pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
         _ => None,
     };
     crate::crashpoint::hit("chunk-index");
+    // stage: grow
+    let grown = timed("grow", || {
+        let growth = cfg.growth()?;
+        crate::grow::grow(&work.0, &table, req.board, growth, scratch.dir(), req.epoch)
+    })?;
+    if let Some(inc) = incremental.as_mut() {
+        inc.mark(&grown.dirty);
+    }
+    let (table, root) = (grown.table, grown.root);
+    let raw_size = raw_size.max(grown.disk_size); // the image only grows
+    let target = apply::Target { root, ..target };
     let with_debs;
     let plan = match &req.preseed_debs {
         Some(p) => {
