@@ -129,8 +129,13 @@ pub fn grow(
     if blocks > sb.blocks {
         resize2fs(copy.path(), blocks, epoch)?;
     }
+    // resize2fs leaves out a last block group too small for its own metadata (as mke2fs does;
+    // `adjust_new_size` in resize/resize2fs.c): the file system may end up to a group short.
     let grown = Superblock::read(copy.path(), 0)?;
-    if grown.blocks != blocks {
+    if grown.blocks > blocks
+        || grown.blocks < sb.blocks
+        || blocks - grown.blocks >= u64::from(sb.blocks_per_group)
+    {
         crate::bail!(
             "[image]: resize2fs left the root file system at {} blocks, expected {blocks}",
             grown.blocks
@@ -271,6 +276,8 @@ struct Superblock {
     block_size: u64,
     /// Blocks in the file system.
     blocks: u64,
+    /// Blocks per block group.
+    blocks_per_group: u32,
 }
 
 impl Superblock {
@@ -293,6 +300,7 @@ impl Superblock {
         Ok(Superblock {
             block_size: 1024 << log,
             blocks: u64::from(le32(0x04)) | hi << 32,
+            blocks_per_group: le32(0x20),
         })
     }
 }

@@ -365,3 +365,17 @@ fn a_root_partition_that_is_not_last_is_refused() {
     );
     assert_eq!(sha256_file(&f.path), sha);
 }
+
+#[test]
+fn a_last_block_group_too_small_for_its_metadata_is_left_out_as_resize2fs_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fixture(dir.path(), Layout::RpiOs);
+    // Root from 68 MiB to 197 MiB: 129 MiB, one whole 128 MiB group (4 KiB blocks) and 1 MiB,
+    // too little for a second group's bitmaps and inode table.
+    let g = grow_fixture(&f, Growth::ImageSize(197 * MIB), dir.path()).expect("grow");
+    assert_eq!(g.root.size, 129 * MIB);
+    let (clean, report) = e2fsck_clean(&f.path, f.root.offset_bytes);
+    assert!(clean, "e2fsck -fn after growing:\n{report}");
+    let (blocks, _, block_size) = dumpe2fs(&f.path, f.root.offset_bytes);
+    assert_eq!((blocks, block_size), (32768, 4096));
+}
