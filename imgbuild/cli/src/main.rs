@@ -8,7 +8,6 @@ use imgbuild_core::base::{self, BaseRequest};
 use imgbuild_core::board::{self, Board};
 use imgbuild_core::config::Config;
 use imgbuild_core::pack::Compress;
-use imgbuild_core::pipeline::Progress;
 use imgbuild_core::pipeline::{self, BuildRequest};
 use imgbuild_core::{bail, inspect, payload, plan, Error, Result};
 use std::io::IsTerminal;
@@ -224,7 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let req = BaseRequest {
                 cache_dir: cache.cache_dir.clone(),
                 offline: cache.offline,
-                progress: std::io::stderr().is_terminal(),
+                progress: progress::Bars::reporter(),
                 boards_dir: boards_dir.map(Path::to_path_buf),
                 ..BaseRequest::default()
             };
@@ -234,7 +233,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Cache(cmd)) => cache_command(cmd, boards_dir),
         #[cfg(feature = "cloud")]
-        Some(Command::Upload(args)) => args.run().map_err(|e| Error::msg(e.to_string())),
+        Some(Command::Upload(args)) => args
+            .run(progress::Bars::reporter())
+            .map_err(|e| Error::msg(e.to_string())),
         #[cfg(feature = "cloud")]
         Some(Command::Cloud(cmd)) => return cloud_status(cmd),
     }?;
@@ -383,7 +384,7 @@ fn upload_artifacts(
         jobs: imgbuild_cloud::upload::DEFAULT_JOBS,
     };
     upload
-        .upload()
+        .upload(progress::Bars::reporter())
         .map_err(|e| Error::msg(format!("--upload: {e}")))
 }
 
@@ -432,12 +433,12 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
-    let tty = std::io::stderr().is_terminal();
+    let bars = progress::Bars::reporter();
     let mut plan = plan::make(&config, &config_dir)?;
     if let Some(gg) = &config.greengrass {
         let preseed = if args.preseed {
             let dir = base::cache_dir(args.cache.cache_dir.as_deref())?;
-            payload::fetch_greengrass_artifacts(gg, &dir, args.cache.offline, tty)?
+            payload::fetch_greengrass_artifacts(gg, &dir, args.cache.offline, &bars)?
         } else {
             payload::Preseed::default()
         };
@@ -462,7 +463,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         cache_dir: args.cache.cache_dir.clone(),
         offline: args.cache.offline,
         insecure_no_verify: args.insecure_no_verify,
-        progress: tty,
+        progress: bars.clone(),
         boards_dir: boards_dir.map(Path::to_path_buf),
     };
     // Scratch files of builds that were killed (e.g. a half-decompressed base) go first.
@@ -477,15 +478,14 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     imgbuild_core::crashpoint::hit("base-resolved");
     // Incremental packing needs a cache; without one (no HOME) everything is compressed.
     let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();
-    let progress = progress::Bars::new();
-    progress.start("decompress", 0);
+    bars.start("decompress", 0);
     let raw = base::cached_raw(&mut base, chunk_cache.as_deref(), &|p| {
-        progress.set(p);
+        bars.set(p);
         if p > 0 {
             imgbuild_core::crashpoint::hit("decompressing");
         }
     });
-    progress.finish();
+    bars.finish();
     let raw = raw?;
     imgbuild_core::crashpoint::hit("raw-cached");
     let req = BuildRequest {
@@ -509,7 +509,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
             CompressArg::None => Compress::None,
         },
         epoch,
-        progress: &progress,
+        progress: &*bars,
         chunk_cache: chunk_cache.as_deref(),
         preseed_debs,
         umask,

@@ -36,19 +36,21 @@ pub struct UploadArgs {
 }
 
 impl UploadArgs {
-    /// Uploads and prints `s3://BUCKET/KEY sha256=… (N parts, M resumed)` and URLs.
-    pub fn run(self) -> Result<()> {
-        for line in self.upload()? {
+    /// Uploads and prints `s3://BUCKET/KEY sha256=… (N parts, M resumed)` and URLs; `progress`
+    /// receives the hashing and upload progress.
+    pub fn run(self, progress: imgbuild_progress::Reporter) -> Result<()> {
+        for line in self.upload(progress)? {
             println!("{line}");
         }
         Ok(())
     }
 
     /// Uploads and returns the report lines `run` prints.
-    pub fn upload(self) -> Result<Vec<String>> {
+    pub fn upload(self, progress: imgbuild_progress::Reporter) -> Result<Vec<String>> {
         let options = UploadOptions {
             jobs: self.jobs.max(1),
             presign: self.presign,
+            progress,
             ..UploadOptions::default()
         };
         let reports = block_on(async {

@@ -196,17 +196,17 @@ fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()
 }
 
 /// Downloads (or takes from the cache) the pinned nucleus zip and plugin jar for `--preseed`,
-/// each verified against its pinned sha256.
+/// each verified against its pinned sha256; `progress` receives the downloads' progress.
 pub fn fetch_greengrass_artifacts(
     gg: &GreengrassConfig,
     cache_dir: &Path,
     offline: bool,
-    progress: bool,
+    progress: &imgbuild_progress::Reporter,
 ) -> Result<Preseed> {
     use imgbuild_greengrass::Artifact;
     let mut opts = imgbuild_fetch::Options::new(cache_dir);
     opts.offline = offline;
-    opts.progress = progress;
+    opts.progress = progress.clone();
     let get = |a: Artifact| -> Result<PathBuf> {
         let sha = gg.sha256(a).map_err(|e| Error::msg(e.to_string()))?;
         let src = imgbuild_fetch::Source {
