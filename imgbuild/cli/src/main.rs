@@ -1,6 +1,8 @@
 //! `imgbuild`: the command-line layer over `imgbuild-core`. It parses arguments, draws progress
 //! bars and prints results; every stage of the work lives in the library.
 
+#[cfg(feature = "cloud")]
+mod cloud;
 mod progress;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -67,11 +69,11 @@ enum Command {
     Cache(CacheCommand),
     /// Upload artifacts to S3 (multipart, resumable, SSE, sha256 metadata).
     #[cfg(feature = "cloud")]
-    Upload(imgbuild_cloud::UploadArgs),
+    Upload(cloud::UploadArgs),
     /// The AWS side: claim certificate, provisioning parameters, device sync, deployments.
     #[cfg(feature = "cloud")]
     #[command(subcommand)]
-    Cloud(imgbuild_cloud::CloudCommand),
+    Cloud(cloud::CloudCommand),
     /// Show the partition table, file systems, labels and free space of a disk image.
     Inspect {
         /// A raw or compressed (xz, gz, zstd, zip) disk image.
@@ -245,7 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Runs `imgbuild cloud …`; an error that calls for a status other than 1 (`deploy --wait`:
 /// 3 a device failed, 4 one timed out) is printed here and becomes the exit status.
 #[cfg(feature = "cloud")]
-fn cloud_status(cmd: imgbuild_cloud::CloudCommand) -> Result<ExitCode> {
+fn cloud_status(cmd: cloud::CloudCommand) -> Result<ExitCode> {
     match cmd.run() {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.exit_code() == 1 => Err(Error::msg(e.to_string())),
@@ -372,7 +374,7 @@ fn upload_artifacts(
     summary: &pipeline::BuildSummary,
     to: &imgbuild_cloud::S3Location,
 ) -> Result<Vec<String>> {
-    let upload = imgbuild_cloud::UploadArgs {
+    let upload = cloud::UploadArgs {
         files: vec![
             summary.image.path.clone(),
             summary.sha256_file.clone(),
@@ -396,8 +398,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     install_signal_cleanup(base::cache_dir(args.cache.cache_dir.as_deref()).ok())?;
     #[cfg(feature = "cloud")]
     if let Some(to) = &args.upload {
-        imgbuild_cloud::cli::check_destination(to)
-            .map_err(|e| Error::msg(format!("--upload: {e}")))?;
+        cloud::check_destination(to).map_err(|e| Error::msg(format!("--upload: {e}")))?;
     }
     let config_path = match &args.config {
         Some(p) => Some(p.clone()),
