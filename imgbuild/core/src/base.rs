@@ -22,8 +22,8 @@ pub struct BaseRequest {
     pub offline: bool,
     /// `--insecure-no-verify`: allow a URL without a hash (recorded in the manifest).
     pub insecure_no_verify: bool,
-    /// Draw a download progress bar (stderr is a TTY).
-    pub progress: bool,
+    /// Receives the download's progress (the CLI draws it); shows nothing by default.
+    pub progress: imgbuild_progress::Reporter,
     /// Directory holding board key files (`boards/`), for signature checks.
     pub boards_dir: Option<PathBuf>,
 }
@@ -113,7 +113,7 @@ pub fn resolve(board: &Board, req: &BaseRequest) -> Result<ResolvedBase> {
     let mut opts = Options::new(&cache);
     opts.offline = req.offline;
     opts.insecure_no_verify = req.insecure_no_verify;
-    opts.progress = req.progress;
+    opts.progress = req.progress.clone();
     let src = Source {
         url: url.clone(),
         sha256,

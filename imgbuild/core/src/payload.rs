@@ -16,32 +16,31 @@ use imgbuild_greengrass::{GreengrassConfig, PayloadContents};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Where first boot's scripts live in the image.
-pub const FIRSTBOOT_DIR: &str = "/usr/local/lib/imgbuild/firstboot";
-/// The first-boot unit.
-pub const FIRSTBOOT_UNIT: &str = "imgbuild-firstboot.service";
-/// Directory of pre-seeded downloads in the image.
-pub const PRESEED_DIR: &str = "/var/lib/imgbuild/preseed";
+use imgbuild_greengrass::contract::{
+    preseed_name, FIRSTBOOT_UNIT_PATH, PRESEED_DEBS_DIR, PRESEED_NUCLEUS_NAME, PRESEED_PLUGIN_NAME,
+};
+pub use imgbuild_greengrass::contract::{FIRSTBOOT_DIR, FIRSTBOOT_UNIT, PRESEED_DIR};
 
-/// `(path in the image, mode, contents)` of the first-boot files.
+/// `(path under FIRSTBOOT_DIR or absolute path, mode, contents)` of the first-boot files;
+/// `lib/contract.sh` is generated ([`imgbuild_greengrass::contract::contract_sh`]).
 const FIRSTBOOT_FILES: &[(&str, u32, &str)] = &[
     (
-        "/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot",
+        "imgbuild-firstboot",
         0o755,
         include_str!("../../../firstboot/imgbuild-firstboot"),
     ),
     (
-        "/usr/local/lib/imgbuild/firstboot/lib/common.sh",
+        "lib/common.sh",
         0o644,
         include_str!("../../../firstboot/lib/common.sh"),
     ),
     (
-        "/usr/local/lib/imgbuild/firstboot/lib/steps.sh",
+        "lib/steps.sh",
         0o644,
         include_str!("../../../firstboot/lib/steps.sh"),
     ),
     (
-        "/etc/systemd/system/imgbuild-firstboot.service",
+        FIRSTBOOT_UNIT_PATH,
         0o644,
         include_str!("../../../firstboot/imgbuild-firstboot.service"),
     ),
@@ -92,9 +91,16 @@ pub fn add_greengrass(
         }
         plan.file(f.path, data, f.mode, OwnerSpec::root(), origin);
     }
-    for (path, mode, text) in FIRSTBOOT_FILES {
+    let contract = imgbuild_greengrass::contract::contract_sh();
+    let generated = [("lib/contract.sh", 0o644, contract.as_str())];
+    for (path, mode, text) in FIRSTBOOT_FILES.iter().chain(&generated) {
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("{FIRSTBOOT_DIR}/{path}")
+        };
         plan.file(
-            path,
+            &path,
             text.as_bytes().to_vec(),
             *mode,
             OwnerSpec::root(),
@@ -156,15 +162,15 @@ fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()
     };
     if let Some(n) = &p.nucleus {
         let dst = format!(
-            "{PRESEED_DIR}/greengrass-nucleus-{}.zip",
-            gg.nucleus_version
+            "{PRESEED_DIR}/{}",
+            preseed_name(PRESEED_NUCLEUS_NAME, &gg.nucleus_version)
         );
         plan.file(&dst, read(n)?, 0o644, OwnerSpec::root(), "--preseed");
     }
     if let Some(j) = &p.plugin {
         let dst = format!(
-            "{PRESEED_DIR}/fleetprovisioningbyclaim-{}.jar",
-            gg.plugin_version
+            "{PRESEED_DIR}/{}",
+            preseed_name(PRESEED_PLUGIN_NAME, &gg.plugin_version)
         );
         plan.file(&dst, read(j)?, 0o644, OwnerSpec::root(), "--preseed");
     }
@@ -174,7 +180,7 @@ fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         plan.file(
-            &format!("{PRESEED_DIR}/debs/{name}"),
+            &format!("{PRESEED_DEBS_DIR}/{name}"),
             read(deb)?,
             0o644,
             OwnerSpec::root(),
@@ -185,17 +191,17 @@ fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()
 }
 
 /// Downloads (or takes from the cache) the pinned nucleus zip and plugin jar for `--preseed`,
-/// each verified against its pinned sha256.
+/// each verified against its pinned sha256; `progress` receives the downloads' progress.
 pub fn fetch_greengrass_artifacts(
     gg: &GreengrassConfig,
     cache_dir: &Path,
     offline: bool,
-    progress: bool,
+    progress: &imgbuild_progress::Reporter,
 ) -> Result<Preseed> {
     use imgbuild_greengrass::Artifact;
     let mut opts = imgbuild_fetch::Options::new(cache_dir);
     opts.offline = offline;
-    opts.progress = progress;
+    opts.progress = progress.clone();
     let get = |a: Artifact| -> Result<PathBuf> {
         let sha = gg.sha256(a).map_err(|e| Error::msg(e.to_string()))?;
         let src = imgbuild_fetch::Source {

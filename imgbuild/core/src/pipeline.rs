@@ -14,23 +14,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Receives progress of the long stages (decompress, compress); the CLI draws bars with it.
-pub trait Progress {
-    /// A stage of `total` bytes begins.
-    fn start(&self, stage: &str, total: u64);
-    /// `pos` bytes of the current stage are done.
-    fn set(&self, pos: u64);
-    /// The current stage ended.
-    fn finish(&self);
-}
-
-/// A [`Progress`] that shows nothing.
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn start(&self, _: &str, _: u64) {}
-    fn set(&self, _: u64) {}
-    fn finish(&self) {}
-}
+pub use imgbuild_progress::{NoProgress, Progress};
 
 /// The `manifest.json` of a build.
 #[derive(Debug, Clone, Serialize)]

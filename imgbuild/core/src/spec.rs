@@ -40,8 +40,6 @@ pub struct BuildOptions {
     pub epoch: Option<i64>,
     /// The user's umask as returned by [`crate::secrets::private_umask`].
     pub umask: u32,
-    /// Draw download progress bars (stderr is a terminal).
-    pub tty: bool,
 }
 
 /// Everything a build needs, resolved once (see the module documentation).
@@ -113,9 +111,12 @@ impl BuildSpec {
         match (&config.greengrass, opts.preseed) {
             (Some(gg), preseed) => {
                 let artifacts = match preseed {
-                    true => {
-                        payload::fetch_greengrass_artifacts(gg, &need_cache()?, offline, opts.tty)?
-                    }
+                    true => payload::fetch_greengrass_artifacts(
+                        gg,
+                        &need_cache()?,
+                        offline,
+                        &opts.base.progress,
+                    )?,
                     false => payload::Preseed::default(),
                 };
                 warnings =
@@ -138,7 +139,6 @@ impl BuildSpec {
         }
         let base_req = BaseRequest {
             cache_dir: cache_dir.clone(),
-            progress: opts.tty,
             boards_dir: opts.boards_dir.clone(),
             ..opts.base.clone()
         };
