@@ -7,9 +7,9 @@
 use crate::chunks::{open_raw, read_range, sha256};
 use crate::error::{bail, Context, Result};
 use crate::parallel::{default_threads, for_each_ordered};
+use imgbuild_overlay::ImageRead;
 use sha2::{Digest, Sha256};
-use std::fs::File;
-use std::ops::{Range, RangeInclusive};
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 /// The bmap format version written.
@@ -35,18 +35,33 @@ pub struct BmapStats {
 /// Writes the bmap of the (sparse) raw image `raw` to `out`, with `block_size`-byte blocks
 /// (bmaptool uses the file system's block size, normally 4096).
 pub fn write_bmap(raw: &Path, out: &Path, block_size: u64) -> Result<BmapStats> {
+    let (file, _) = open_raw(raw)?;
+    write_bmap_from(&file, raw, out, block_size)
+}
+
+/// [`write_bmap`] over any [`ImageRead`] (a file, or an `imgbuild_overlay::Overlay`, whose
+/// sparse map is the one a copy with the same writes would have); `raw` names it in errors.
+pub fn write_bmap_from(
+    src: &dyn ImageRead,
+    raw: &Path,
+    out: &Path,
+    block_size: u64,
+) -> Result<BmapStats> {
     if block_size < 512 || block_size & 511 != 0 || block_size > 1 << 30 {
         bail!("bmap block size {block_size} is invalid: use a multiple of 512 such as 4096");
     }
-    let (file, len) = open_raw(raw)?;
+    let len = src
+        .image_len()
+        .context(|| format!("reading the size of raw image {}", raw.display()))?;
+    let file = src;
     if len == 0 {
         bail!(
             "cannot write a bmap for the empty image {}: bmaptool rejects empty images",
             raw.display()
         );
     }
-    let ranges = mapped_blocks(&file, len, block_size, raw)?;
-    let sums = range_checksums(&file, len, block_size, &ranges, raw)?;
+    let ranges = mapped_blocks(file, len, block_size, raw)?;
+    let sums = range_checksums(file, len, block_size, &ranges, raw)?;
     let blocks = len.div_ceil(block_size);
     let stats = BmapStats {
         image_size: len,
@@ -61,9 +76,17 @@ pub fn write_bmap(raw: &Path, out: &Path, block_size: u64) -> Result<BmapStats> 
 }
 
 /// The block ranges holding data, from the sparse map, rounded out to whole blocks and merged.
-fn mapped_blocks(file: &File, len: u64, bs: u64, path: &Path) -> Result<Vec<RangeInclusive<u64>>> {
+fn mapped_blocks(
+    file: &dyn ImageRead,
+    len: u64,
+    bs: u64,
+    path: &Path,
+) -> Result<Vec<RangeInclusive<u64>>> {
     let mut ranges: Vec<RangeInclusive<u64>> = Vec::new();
-    for data in data_ranges(file, len, path)? {
+    let data = file
+        .image_data()
+        .context(|| format!("reading the sparse map of {} (SEEK_DATA)", path.display()))?;
+    for data in data.spans().map(|r| r.start..r.end.min(len)) {
         let (first, last) = (data.start / bs, data.end.div_ceil(bs) - 1);
         match ranges.last_mut() {
             Some(prev) if *prev.end() + 1 >= first => *prev = *prev.start()..=last.max(*prev.end()),
@@ -73,46 +96,9 @@ fn mapped_blocks(file: &File, len: u64, bs: u64, path: &Path) -> Result<Vec<Rang
     Ok(ranges)
 }
 
-/// The byte ranges of `file` that are data, not holes.
-pub(crate) fn data_ranges(file: &File, len: u64, path: &Path) -> Result<Vec<Range<u64>>> {
-    use rustix::fs::{seek, SeekFrom};
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < len {
-        let start = match seek(file, SeekFrom::Data(pos)) {
-            Ok(s) => s,
-            Err(e) if e == rustix::io::Errno::NXIO => break,
-            Err(e) => bail!(
-                "finding data after byte {pos} of {} (SEEK_DATA): {e}",
-                path.display()
-            ),
-        };
-        if start >= len {
-            break;
-        }
-        let end = seek(file, SeekFrom::Hole(start))
-            .context(|| {
-                format!(
-                    "finding the hole after byte {start} of {} (SEEK_HOLE)",
-                    path.display()
-                )
-            })?
-            .min(len);
-        if end <= start {
-            bail!(
-                "{} changed while its sparse map was read (hole at {end} before data at {start})",
-                path.display()
-            );
-        }
-        out.push(start..end);
-        pos = end;
-    }
-    Ok(out)
-}
-
 /// Hex SHA-256 of the bytes of each block range (clipped to the image end), on all cores.
 fn range_checksums(
-    file: &File,
+    file: &dyn ImageRead,
     len: u64,
     bs: u64,
     ranges: &[RangeInclusive<u64>],

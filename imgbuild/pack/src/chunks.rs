@@ -2,10 +2,10 @@
 
 use crate::error::{bail, Context, Result};
 use crate::parallel::{default_threads, for_each_ordered};
+use imgbuild_overlay::ImageRead;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -46,24 +46,21 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
     buf.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
-/// Whether `range` of `file` lies entirely in a hole (so reads as zeros without being read).
-/// File systems without hole support report everything as data, which is merely slower.
-pub(crate) fn is_hole(file: &File, range: &Range<u64>) -> bool {
-    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(range.start)) {
-        Ok(data) => data >= range.end,
-        Err(e) => e == rustix::io::Errno::NXIO,
-    }
+/// Whether `range` of the image `src` lies entirely in a hole (so reads as zeros without being
+/// read). File systems without hole support report everything as data, which is merely slower.
+pub(crate) fn is_hole(src: &dyn ImageRead, range: &Range<u64>) -> bool {
+    src.image_hole(range.start, range.end - range.start)
 }
 
-/// Reads `range` of `file` into `buf` (resized to fit).
+/// Reads `range` of the image `src` (named `path` in errors) into `buf` (resized to fit).
 pub(crate) fn read_range(
-    file: &File,
+    src: &dyn ImageRead,
     range: &Range<u64>,
     buf: &mut Vec<u8>,
     path: &Path,
 ) -> Result<()> {
     buf.resize((range.end - range.start) as usize, 0);
-    file.read_exact_at(buf, range.start).context(|| {
+    src.read_image_at(buf, range.start).context(|| {
         format!(
             "reading bytes {}..{} of {}",
             range.start,

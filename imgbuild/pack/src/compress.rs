@@ -10,8 +10,8 @@ use crate::encode::{compress_block, encoder_memory, STREAM_FLAGS};
 use crate::error::{bail, Context, Result};
 use crate::parallel::{default_threads, for_each_ordered};
 use crate::xzformat::{index_and_footer, stream_header, Block};
+use imgbuild_overlay::ImageRead;
 use imgbuild_ranges::ByteRanges;
-use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
@@ -118,6 +118,22 @@ pub fn compress_xz(
     cache: Option<&ChunkCache>,
     dirty: Option<&DirtyMap>,
 ) -> Result<XzStats> {
+    let (file, _) = open_raw(raw)?;
+    compress_xz_from(&file, raw, out, opts, cache, dirty)
+}
+
+/// [`compress_xz`] over any [`ImageRead`] (a file, or an `imgbuild_overlay::Overlay`: its dirty
+/// chunks are read from the overlay, clean ones come from the cache by the base's hashes);
+/// `name` names the image in errors.
+pub fn compress_xz_from(
+    src: &dyn ImageRead,
+    name: &Path,
+    out: &mut dyn Write,
+    opts: &XzOptions,
+    cache: Option<&ChunkCache>,
+    dirty: Option<&DirtyMap>,
+) -> Result<XzStats> {
+    let raw = name;
     check_chunk_size(opts.chunk_size)?;
     if opts.preset > 9 {
         bail!("xz preset {} is out of range: use 0..=9", opts.preset);
@@ -131,8 +147,10 @@ pub fn compress_xz(
             );
         }
     }
-    let (file, len) = open_raw(raw)?;
-    let job = Job::new(raw, file, len, opts, cache, dirty)?;
+    let len = src
+        .image_len()
+        .context(|| format!("reading the size of raw image {}", raw.display()))?;
+    let job = Job::new(raw, src, len, opts, cache, dirty)?;
     let count = chunk_count(len, opts.chunk_size);
     let threads = opts.effective_threads().clamp(1, count.max(1));
 
@@ -195,7 +213,7 @@ fn bump(counter: &AtomicU64) {
 /// Everything a worker needs to turn chunk `i` into its block.
 struct Job<'a> {
     raw: &'a Path,
-    file: File,
+    file: &'a dyn ImageRead,
     len: u64,
     opts: &'a XzOptions,
     cache: Option<(&'a ChunkCache, BlockParams)>,
@@ -211,7 +229,7 @@ struct Job<'a> {
 impl<'a> Job<'a> {
     fn new(
         raw: &'a Path,
-        file: File,
+        file: &'a dyn ImageRead,
         len: u64,
         opts: &'a XzOptions,
         cache: Option<&'a ChunkCache>,
@@ -255,7 +273,7 @@ impl<'a> Job<'a> {
             self.read(&range, buf)?;
             return self.compress(buf, Some(&hash));
         }
-        if is_hole(&self.file, &range) {
+        if is_hole(self.file, &range) {
             return self.zero_block(size);
         }
         self.read(&range, buf)?;
@@ -285,7 +303,7 @@ impl<'a> Job<'a> {
 
     fn read(&self, range: &Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
         bump(&self.counters.read);
-        read_range(&self.file, range, buf, self.raw)
+        read_range(self.file, range, buf, self.raw)
     }
 
     /// The cached block for content `hash`, if there is a cache and it has one.

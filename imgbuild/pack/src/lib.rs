@@ -65,10 +65,11 @@ pub mod error;
 mod parallel;
 mod xzformat;
 
-pub use bmap::{write_bmap, BmapStats, BMAP_VERSION};
+pub use bmap::{write_bmap, write_bmap_from, BmapStats, BMAP_VERSION};
 pub use cache::{ChunkCache, ChunkIndex, FORMAT_VERSION};
 pub use chunks::{chunk_hashes, file_sha256, Hash, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-pub use compress::{compress_xz, XzOptions, XzStats, DEFAULT_CHUNK_SIZE};
+pub use compress::{compress_xz, compress_xz_from, XzOptions, XzStats, DEFAULT_CHUNK_SIZE};
 pub use dirty::DirtyMap;
 pub use error::{Error, Result};
+pub use imgbuild_overlay::{ImageRead, Overlay};
 pub use imgbuild_ranges::ByteRanges;
