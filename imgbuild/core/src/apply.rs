@@ -59,8 +59,8 @@ pub struct Applied {
 
 /// Inputs of the apply stage that do not come from the plan.
 pub struct Target<'a> {
-    /// The working copy (never the base image).
-    pub image: &'a std::path::Path,
+    /// The image being built (a working copy or an overlay; never the base image itself).
+    pub image: &'a crate::workimage::WorkImage,
     /// Boot partition location.
     pub boot: Span,
     /// Root partition location.
@@ -71,9 +71,9 @@ pub struct Target<'a> {
 
 /// Executes `ops` in order on the image.
 pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
-    let mut root = Fs::open_tracked(t.image, t.root.offset)?;
+    let mut root = t.image.open_root(t.root.offset, true)?;
     root.set_time(t.epoch);
-    let boot = FatFs::open(t.image, t.boot.offset, t.boot.size, t.epoch)?;
+    let boot = t.image.open_boot(t.boot.offset, t.boot.size, t.epoch)?;
     let mut w = Writer {
         root,
         boot,

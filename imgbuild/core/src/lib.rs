@@ -33,6 +33,7 @@ pub mod secrets;
 pub mod source;
 pub mod spec;
 pub mod units;
+pub mod workimage;
 pub mod writes;
 
 pub use error::{Error, Result};

@@ -74,56 +74,50 @@ impl Drop for Staged {
     }
 }
 
-/// Writes `raw` compressed (or copied sparsely) to `tmp`; returns (size, sha256) of what was
-/// written. `progress` gets the number of raw bytes consumed so far.
-pub fn write_image(
-    raw: &Path,
+/// Writes the image `src` (named `name` in errors: a working copy, or the overlay over the
+/// cached raw base) to `tmp` as multi-block .xz at preset `level`; returns (size, sha256) of what
+/// was written. With `incremental`, chunks no write touched come from the chunk cache by the
+/// base's hashes; only the others are read. `progress` gets the number of raw bytes consumed.
+pub fn write_xz(
+    src: &dyn imgbuild_pack::ImageRead,
+    name: &Path,
     tmp: &Path,
-    how: Compress,
+    level: u32,
     incremental: Option<&Incremental>,
     progress: &dyn Fn(u64),
 ) -> Result<(u64, String)> {
     let file = File::create(tmp).context(|| format!("creating {}", tmp.display()))?;
     let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    match how {
-        Compress::Xz { level } => {
-            // Memory grows with threads (~142 MiB each at preset 6), not with image size: cap
-            // it so a many-core machine stays within the 300 MiB budget.
-            let opts = imgbuild_pack::XzOptions {
-                preset: level,
-                memory_limit: Some(MEMORY_LIMIT),
-                never_cache: incremental
-                    .map(|i| i.never_cache.clone())
-                    .unwrap_or_default(),
-                ..Default::default()
-            };
-            let (cache, dirty) = match incremental {
-                Some(i) => (Some(&i.cache), Some(&i.dirty)),
-                None => (None, None),
-            };
-            let stats = imgbuild_pack::compress_xz(raw, &mut out, &opts, cache, dirty)
-                .context(|| format!("compressing {}", raw.display()))?;
-            tracing::info!(
-                chunks = stats.chunks,
-                compressed = stats.compressed_chunks,
-                cache_hits = stats.cache_hits,
-                hashed = stats.hashed_chunks,
-                uncached = stats.uncached_chunks,
-                "compressed"
-            );
-            if let Some(e) = &stats.first_cache_error {
-                tracing::warn!(
-                    "chunk cache: {} block(s) not stored ({e}); the build goes on without them",
-                    stats.cache_write_errors
-                );
-            }
-        }
-        Compress::None => {
-            // Only used when the raw image could not simply be renamed; copies sparsely.
-            crate::source::decompress_to_sparse(raw, tmp, progress)?;
-            return hash_file(tmp)
-                .map(|h| (std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0), h));
-        }
+    // Memory grows with threads (~142 MiB each at preset 6), not with image size: cap it so a
+    // many-core machine stays within the 300 MiB budget.
+    let opts = imgbuild_pack::XzOptions {
+        preset: level,
+        memory_limit: Some(MEMORY_LIMIT),
+        never_cache: incremental
+            .map(|i| i.never_cache.clone())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let (cache, dirty) = match incremental {
+        Some(i) => (Some(&i.cache), Some(&i.dirty)),
+        None => (None, None),
+    };
+    let stats = imgbuild_pack::compress_xz_from(src, name, &mut out, &opts, cache, dirty)
+        .context(|| format!("compressing {}", name.display()))?;
+    tracing::info!(
+        chunks = stats.chunks,
+        read = stats.read_chunks,
+        compressed = stats.compressed_chunks,
+        cache_hits = stats.cache_hits,
+        hashed = stats.hashed_chunks,
+        uncached = stats.uncached_chunks,
+        "compressed"
+    );
+    if let Some(e) = &stats.first_cache_error {
+        tracing::warn!(
+            "chunk cache: {} block(s) not stored ({e}); the build goes on without them",
+            stats.cache_write_errors
+        );
     }
     let (inner, size, sha) = out.finish();
     let file = inner
@@ -131,7 +125,7 @@ pub fn write_image(
         .map_err(|e| Error::msg(format!("writing {}: {}", tmp.display(), e.error())))?;
     file.sync_all()
         .context(|| format!("syncing {}", tmp.display()))?;
-    progress(std::fs::metadata(raw).map(|m| m.len()).unwrap_or(0));
+    progress(stats.raw_bytes);
     Ok((size, sha))
 }
 
@@ -147,8 +141,8 @@ pub struct Incremental {
 }
 
 impl Incremental {
-    /// Prepares incremental packing of the working copy `raw` (still equal to the base image)
-    /// under `cache_dir`: loads the base's chunk index (keyed by `base_sha256`) or computes and
+    /// Prepares incremental packing of an image that is still equal to the base image `raw`
+    /// (the cached raw base itself, or a fresh working copy of it) under `cache_dir`: loads the base's chunk index (keyed by `base_sha256`) or computes and
     /// stores it. The cache is an optimisation: when it cannot be used (no permission, full
     /// disk) this warns and returns `Ok(None)`, and the build compresses everything.
     pub fn prepare(cache_dir: &Path, base_sha256: &str, raw: &Path) -> Result<Option<Incremental>> {
@@ -186,8 +180,8 @@ impl Incremental {
         self.never_cache.merge(ranges);
     }
 
-    /// Records byte ranges written since the working copy was a copy of the base (the apply
-    /// stage's, or any other stage's that changes the image).
+    /// Records byte ranges written since the image was a copy of the base (the apply stage's,
+    /// the overlay's, or any other stage's that changes the image).
     pub fn mark(&mut self, ranges: &ByteRanges) {
         self.dirty.mark_all(ranges);
     }

@@ -9,9 +9,12 @@ use crate::disk::{self, FsKind, Table, TableKind};
 use crate::error::{Context, Error, Result};
 use crate::pack::{self, Artifact, Compress};
 use crate::spec::BuildSpec;
+use crate::workimage::WorkImage;
 use crate::writes::{self, Op};
+use imgbuild_overlay::Overlay;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Receives progress of the long stages (decompress, compress); the CLI draws bars with it.
 pub use imgbuild_progress::{NoProgress, Progress};
@@ -75,7 +78,8 @@ pub struct BuildSummary {
     pub files_written: usize,
 }
 
-/// Removes the working copy when the build ends, unless it was moved into place.
+/// Removes the working copy (if one was made) when the build ends, unless it was moved into
+/// place. An overlay removes its own file when dropped.
 struct WorkCopy(PathBuf);
 
 impl Drop for WorkCopy {
@@ -86,7 +90,7 @@ impl Drop for WorkCopy {
 
 /// Runs the build `spec` describes: each line is one stage (see the module documentation).
 pub fn build(spec: &BuildSpec, progress: &dyn Progress) -> Result<BuildSummary> {
-    let b = Build::start(spec, progress)?;
+    let mut b = Build::start(spec, progress)?;
     let raw_size = timed("working copy", || b.working_copy())?;
     crate::crashpoint::hit("working-copy");
     let (table, parts) = b.locate_partitions()?;
@@ -129,7 +133,10 @@ struct Build<'a> {
     base_sha: String,
     out: Outputs,
     scratch: crate::scratch::Scratch,
-    work: WorkCopy,
+    /// The image being built: set by the working-copy stage.
+    work: WorkImage,
+    /// Removes a working copy at the end.
+    work_copy: WorkCopy,
 }
 
 impl<'a> Build<'a> {
@@ -163,21 +170,33 @@ impl<'a> Build<'a> {
         };
         let scratch = crate::scratch::Scratch::create(out_dir)?;
         crate::crashpoint::hit("scratch-created");
-        let work = WorkCopy(scratch.path("work.img"));
+        let work_copy = WorkCopy(scratch.path("work.img"));
         Ok(Build {
             spec,
             progress,
             base_sha,
             out,
             scratch,
-            work,
+            work: WorkImage::Copy(work_copy.0.clone()),
+            work_copy,
         })
     }
 
-    /// Stage: the sparse working copy of the base (from its cached raw copy when there is
-    /// one); returns its size.
-    fn working_copy(&self) -> Result<u64> {
+    /// Stage: the image to write; returns its size. With a cached raw base, a copy-on-write
+    /// overlay over it (nothing is copied: reads fall through to the base, writes go to a
+    /// sparse 0600 file in the scratch directory). Otherwise a sparse working copy of the base
+    /// (decompressed, or copied from a raw base file that is not in the cache). Growth also
+    /// needs a working copy: resize2fs and the partition-table editor work on a file.
+    fn working_copy(&mut self) -> Result<u64> {
         let spec = self.spec;
+        if let (Some(raw), None) = (&spec.raw_base, &spec.growth) {
+            let path = self.scratch.path("overlay.img");
+            let ov = Overlay::create(raw, &path).map_err(std::io::Error::from)?;
+            let size = ov.len();
+            tracing::info!(overlay = %path.display(), base = %raw.display(), "copy-on-write overlay over the cached raw base");
+            self.work = WorkImage::Overlay(Arc::new(ov));
+            return Ok(size);
+        }
         let src = spec.raw_base.as_deref().unwrap_or(&spec.base.path);
         let total = std::fs::metadata(src)
             .context(|| format!("base image {}", src.display()))?
@@ -185,8 +204,8 @@ impl<'a> Build<'a> {
         self.progress.start("decompress", total);
         let progress = |p| self.progress.set(p);
         let r = match &spec.raw_base {
-            Some(raw) => crate::source::copy_sparse_image(raw, &self.work.0, &progress),
-            None => crate::source::decompress_to_sparse(src, &self.work.0, &progress),
+            Some(raw) => crate::source::copy_sparse_image(raw, &self.work_copy.0, &progress),
+            None => crate::source::decompress_to_sparse(src, &self.work_copy.0, &progress),
         };
         self.progress.finish();
         r
@@ -196,7 +215,8 @@ impl<'a> Build<'a> {
     /// system and label checked).
     fn locate_partitions(&self) -> Result<(Table, Parts)> {
         let spec = self.spec;
-        let table = disk::read_table(&self.work.0)
+        let image = self.work.unwritten_path();
+        let table = disk::read_table(image)
             .map_err(|e| e.context(format_args!("base {}", spec.base.path.display())))?;
         let mismatch = |e: Error| {
             e.context(format_args!(
@@ -205,14 +225,15 @@ impl<'a> Build<'a> {
                 spec.board.name
             ))
         };
-        let boot = locate(&self.work.0, &table, &spec.board, Role::Boot).map_err(mismatch)?;
-        let root = locate(&self.work.0, &table, &spec.board, Role::Root).map_err(mismatch)?;
+        let boot = locate(image, &table, &spec.board, Role::Boot).map_err(mismatch)?;
+        let root = locate(image, &table, &spec.board, Role::Root).map_err(mismatch)?;
         Ok((table, Parts { boot, root }))
     }
 
     /// Stage: refuses a base whose partitions overlap or whose boot/root file systems are not
     /// clean, before anything is written (see [`crate::check`]); a clean verdict is remembered
-    /// in the cache.
+    /// in the cache. Under an overlay the checkers read the raw base itself (the same bytes:
+    /// nothing is written yet).
     fn check_base(&self, table: &Table) -> Result<()> {
         let spec = self.spec;
         let mut parts = Vec::new();
@@ -239,8 +260,13 @@ impl<'a> Build<'a> {
                 cache_dir: dir,
                 base_sha256: &self.base_sha,
             });
-        crate::check::check_partitions(&self.work.0, &parts, self.scratch.dir(), verdict)
-            .map_err(|e| e.context(format_args!("base {}", spec.base.path.display())))
+        crate::check::check_partitions(
+            self.work.unwritten_path(),
+            &parts,
+            self.scratch.dir(),
+            verdict,
+        )
+        .map_err(|e| e.context(format_args!("base {}", spec.base.path.display())))
     }
 
     /// Stage: grows the image, the root partition and its file system as `[image]` asks (see
@@ -257,8 +283,12 @@ impl<'a> Build<'a> {
         if spec.growth.is_none() {
             return Ok((table, parts, raw_size));
         }
+        // Growth always has a working copy (see `working_copy`).
+        let WorkImage::Copy(work) = &self.work else {
+            crate::bail!("internal error: growing an image needs a working copy, not an overlay");
+        };
         let grown = crate::grow::grow(
-            &self.work.0,
+            work,
             &table,
             &spec.board,
             spec.growth,
@@ -279,7 +309,7 @@ impl<'a> Build<'a> {
     /// Stage: the plan completed against the base, read-only (see [`crate::writes`]).
     fn plan_writes(&self, parts: Parts) -> Result<Vec<Op>> {
         let probe = writes::Probe::open(
-            &self.work.0,
+            &self.work,
             parts.root.offset,
             parts.boot.offset,
             parts.boot.size,
@@ -297,16 +327,16 @@ impl<'a> Build<'a> {
     fn chunk_index(&self) -> Result<Option<pack::Incremental>> {
         match (self.spec.cache_dir.as_deref(), self.spec.compress) {
             (Some(dir), Compress::Xz { .. }) => {
-                pack::Incremental::prepare(dir, &self.base_sha, &self.work.0)
+                pack::Incremental::prepare(dir, &self.base_sha, self.work.unwritten_path())
             }
             _ => Ok(None),
         }
     }
 
-    /// Stage: executes the writes on the working copy.
+    /// Stage: executes the writes on the image (working copy or overlay).
     fn patch(&self, parts: Parts, ops: &[Op]) -> Result<apply::Applied> {
         let target = apply::Target {
-            image: &self.work.0,
+            image: &self.work,
             boot: parts.boot,
             root: parts.root,
             epoch: self.spec.epoch,
@@ -330,30 +360,50 @@ impl<'a> Build<'a> {
         secrets: &[crate::secrets::SecretFile],
         incremental: Option<&mut pack::Incremental>,
     ) -> Result<(u64, String)> {
-        let work = &self.work.0;
+        let name = self.work.unwritten_path().to_path_buf();
         let image_tmp = self.scratch.path("image.tmp");
         let bmap_tmp = self.scratch.path("bmap.tmp");
         let bmap_name = &self.out.bmap;
-        let bmap = || {
+        let bmap = |src: &dyn imgbuild_pack::ImageRead| {
             timed("bmap", || {
-                imgbuild_pack::write_bmap(work, &bmap_tmp, 4096)
+                imgbuild_pack::write_bmap_from(src, &name, &bmap_tmp, 4096)
                     .map(|_| ())
-                    .map_err(|e| Error::msg(format!("writing {bmap_name}: {e}")))
+                    .map_err(|e| Error::from(e).context(format_args!("writing {bmap_name}")))
             })
         };
         self.progress.start("compress", raw_size);
-        let packed = match self.spec.compress {
-            Compress::None => {
-                bmap()?;
+        let packed = match (self.spec.compress, &self.work) {
+            (Compress::None, WorkImage::Copy(work)) => {
+                let file =
+                    std::fs::File::open(work).context(|| format!("opening {}", work.display()))?;
+                bmap(&file)?;
                 timed("compress", || {
                     std::fs::rename(work, &image_tmp)
                         .context(|| format!("moving the image to {}", image_tmp.display()))?;
                     Ok((raw_size, pack::hash_file(&image_tmp)?))
                 })?
             }
-            xz => {
+            (Compress::None, WorkImage::Overlay(ov)) => {
+                // The full image is written only now, at the end: base extents by the kernel,
+                // then the written ranges.
+                timed("materialize", || {
+                    ov.materialize(&image_tmp)
+                        .map_err(std::io::Error::from)
+                        .context(|| format!("writing the image {}", image_tmp.display()))
+                })?;
+                // Its block map is the written file's own (Overlay::data_ranges predicts it).
+                let file = std::fs::File::open(&image_tmp)
+                    .context(|| format!("opening {}", image_tmp.display()))?;
+                bmap(&file)?;
+                (raw_size, pack::hash_file(&image_tmp)?)
+            }
+            (Compress::Xz { level }, work) => {
                 let incremental = incremental.map(|inc| {
                     inc.mark(&applied.dirty);
+                    if let WorkImage::Overlay(ov) = work {
+                        // Everything the overlay holds, whoever wrote it (a probe included).
+                        inc.mark(&ov.written());
+                    }
                     if !secrets.is_empty() {
                         let ranges = crate::secrets::secret_ranges(
                             work,
@@ -367,12 +417,13 @@ impl<'a> Build<'a> {
                     &*inc
                 });
                 crate::crashpoint::hit("secrets-mapped");
+                let reader = work.reader()?;
                 // The bmap is hashed while the image is compressed: a warm rebuild takes most
                 // chunks from the cache and leaves cores free.
                 std::thread::scope(|scope| {
-                    let bmapped = scope.spawn(bmap);
+                    let bmapped = scope.spawn(|| bmap(&*reader));
                     let packed = timed("compress", || {
-                        pack::write_image(work, &image_tmp, xz, incremental, &|p| {
+                        pack::write_xz(&*reader, &name, &image_tmp, level, incremental, &|p| {
                             self.progress.set(p)
                         })
                     });
@@ -471,9 +522,14 @@ impl<'a> Build<'a> {
     /// Stage: the four outputs renamed into place together (side files first, the image last).
     fn publish(self) -> Result<()> {
         let Build {
-            scratch, work, out, ..
+            scratch,
+            work,
+            work_copy,
+            out,
+            ..
         } = self;
         drop(work);
+        drop(work_copy);
         scratch.publish(&[
             ("bmap.tmp", &out.bmap),
             ("manifest.tmp", "manifest.json"),

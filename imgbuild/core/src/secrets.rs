@@ -18,7 +18,6 @@ use crate::apply::{Span, Written};
 use crate::board::{Board, Role};
 use crate::plan::{EntryKind, Plan};
 use imgbuild_ranges::ByteRanges;
-use std::path::Path;
 
 /// Whether a file with permission bits `mode` is secret (no group or other bits).
 pub fn is_secret_mode(mode: u32) -> bool {
@@ -82,11 +81,11 @@ pub fn secret_files(board: &Board, plan: &Plan, written: &[Written]) -> Vec<Secr
     out
 }
 
-/// Byte ranges of `image` that hold the bytes of `secrets`: the block map of each root-fs
+/// Byte ranges of `image` (the working copy or overlay) that hold the bytes of `secrets`: the block map of each root-fs
 /// secret; a secret the block map cannot place (stored inline), and any boot-fs secret, makes
 /// every range in `dirty` that lies in that partition count.
 pub fn secret_ranges(
-    image: &Path,
+    image: &crate::workimage::WorkImage,
     root: Span,
     boot: Span,
     secrets: &[SecretFile],
@@ -104,7 +103,7 @@ pub fn secret_ranges(
     if root_secrets.is_empty() {
         return out;
     }
-    let mapped = imgbuild_ext2fs::Fs::open(image, root.offset, false).and_then(|fs| {
+    let mapped = image.open_root(root.offset, false).and_then(|fs| {
         let mut ranges = Vec::new();
         for s in &root_secrets {
             ranges.extend(fs.data_ranges(&s.path)?);

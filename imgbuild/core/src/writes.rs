@@ -24,7 +24,6 @@ use crate::spec::PreseedDebs;
 use crate::units;
 use imgbuild_ext2fs::{FileKind, Fs};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Mode and owner of something written on the root file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,9 +120,14 @@ pub struct Probe {
 
 impl Probe {
     /// Opens the root (ext4) and boot (FAT) file systems of `image` for reading.
-    pub fn open(image: &Path, root_offset: u64, boot_offset: u64, boot_size: u64) -> Result<Probe> {
-        let root = Fs::open(image, root_offset, false)?;
-        let boot = FatFs::open(image, boot_offset, boot_size, 0)?;
+    pub fn open(
+        image: &crate::workimage::WorkImage,
+        root_offset: u64,
+        boot_offset: u64,
+        boot_size: u64,
+    ) -> Result<Probe> {
+        let root = image.open_root(root_offset, false)?;
+        let boot = image.open_boot(boot_offset, boot_size, 0)?;
         Ok(Probe { root, boot })
     }
 }

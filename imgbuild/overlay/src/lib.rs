@@ -77,6 +77,16 @@ impl std::error::Error for Error {
     }
 }
 
+impl From<Error> for io::Error {
+    /// The same error as an [`io::Error`] of the cause's kind, message kept.
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Io { source, .. } => source.kind(),
+        };
+        io::Error::new(kind, e)
+    }
+}
+
 /// Positioned reads of a disk image: a plain [`File`] or an [`Overlay`]. Implementations are
 /// shared between threads (a packer reads chunks in parallel).
 pub trait ImageRead: Send + Sync {

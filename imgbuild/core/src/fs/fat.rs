@@ -19,6 +19,7 @@ use super::fatfix::{claimed_len, panic_text};
 use super::window::{lock, IoLog};
 use crate::error::{Context, Error, Result};
 use crate::fs::ByteRanges;
+use imgbuild_overlay::ImageWrite;
 
 pub use super::window::ImageWindow;
 
@@ -132,27 +133,44 @@ impl FatFs {
     /// Fails, without writing anything, if the range is not inside the file, if it does not hold
     /// a FAT file system, or if the file system claims to be bigger than the range.
     pub fn open(image: &Path, offset: u64, len: u64, timestamp: i64) -> Result<FatFs> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)
+            .context(|| {
+                format!(
+                    "{}: FAT file system at byte {offset} ({len} bytes)",
+                    image.display()
+                )
+            })?;
+        FatFs::open_on(Arc::new(file), image, offset, len, timestamp)
+    }
+
+    /// [`FatFs::open`] on any image the window can read and write (a plain file, or a
+    /// copy-on-write `imgbuild_overlay::Overlay`); `image` names it in messages.
+    pub fn open_on(
+        io: Arc<dyn ImageWrite>,
+        image: &Path,
+        offset: u64,
+        len: u64,
+        timestamp: i64,
+    ) -> Result<FatFs> {
         let what = || {
             format!(
                 "{}: FAT file system at byte {offset} ({len} bytes)",
                 image.display()
             )
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(image)
-            .context(what)?;
-        let size = file.metadata().context(what)?.len();
+        let size = io.image_len().context(what)?;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             crate::bail!(
                 "{}: the partition ends past the end of the {size}-byte image",
                 what()
             );
         }
-        let fs_len = claimed_len(&file, offset, len).context(what)?;
+        let fs_len = claimed_len(&*io, offset, len).context(what)?;
         let log: Arc<Mutex<IoLog>> = Arc::default();
-        let window = ImageWindow::with_log(file, offset, len, Arc::clone(&log)).context(what)?;
+        let window = ImageWindow::with_log(io, offset, len, Arc::clone(&log)).context(what)?;
         let options = FsOptions::new()
             .update_accessed_date(false)
             .time_provider(time_provider(timestamp));

@@ -10,23 +10,22 @@
 //! - The I/O window's loop detection ([`super::window`]): `fatfs` follows a directory's cluster
 //!   chain without detecting a loop.
 
-use std::fs::File;
+use imgbuild_overlay::ImageRead;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 /// Size of a boot sector, the least a FAT file system can be.
 const BOOT_SECTOR_LEN: usize = 512;
 
-/// The size in bytes the FAT file system at `offset` of `file` claims in its boot sector (total
+/// The size in bytes the FAT file system at `offset` of the image `file` claims in its boot sector (total
 /// sectors times sector size), or 0 when the `len` bytes there cannot hold a boot sector.
 /// Fields are taken as they are: the result only means something once `fatfs` has accepted
 /// the same sector.
-pub(crate) fn claimed_len(file: &File, offset: u64, len: u64) -> io::Result<u64> {
+pub(crate) fn claimed_len(file: &dyn ImageRead, offset: u64, len: u64) -> io::Result<u64> {
     if len < BOOT_SECTOR_LEN as u64 {
         return Ok(0);
     }
     let mut b = [0u8; BOOT_SECTOR_LEN];
-    file.read_exact_at(&mut b, offset)?;
+    file.read_image_at(&mut b, offset)?;
     let u16_at = |at: usize| u64::from(u16::from_le_bytes([b[at], b[at + 1]]));
     let u32_at =
         |at: usize| u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]));

@@ -1,12 +1,14 @@
 //! The I/O window `fatfs` works through: a `Read + Write + Seek` view of one partition of the
-//! image file that refuses to leave it, records every byte range written (for the packer), and
+//! image (a plain file, or the build's copy-on-write overlay: any
+//! [`imgbuild_overlay::ImageWrite`]) that refuses to leave it, records every byte range written (for the packer), and
 //! detects directory cluster-chain loops of a corrupt file system (for [`super::fat`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use imgbuild_overlay::ImageWrite;
 
 use crate::fs::ByteRanges;
 
@@ -67,27 +69,39 @@ pub(crate) fn lock(log: &Mutex<IoLog>) -> MutexGuard<'_, IoLog> {
     log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A `Read + Write + Seek` view of the byte range `[offset, offset + len)` of an image file,
+/// A `Read + Write + Seek` view of the byte range `[offset, offset + len)` of an image,
 /// positioned relative to `offset`. Seeking past the end and writing across it are refused;
 /// reading stops at the end. Every write is recorded ([`ImageWindow::written_ranges`]).
-#[derive(Debug)]
 pub struct ImageWindow {
-    file: File,
+    /// The image the window looks into: its byte source (and sink).
+    file: Arc<dyn ImageWrite>,
     offset: u64,
     len: u64,
     pos: u64,
     log: Arc<Mutex<IoLog>>,
 }
 
+impl std::fmt::Debug for ImageWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageWindow")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ImageWindow {
     /// Makes a window onto `[offset, offset + len)` of `file` (which must be open for reading,
     /// and for writing if the window is written to). Fails if the range overflows `u64`.
     pub fn new(file: File, offset: u64, len: u64) -> io::Result<ImageWindow> {
-        Self::with_log(file, offset, len, Arc::default())
+        Self::with_log(Arc::new(file), offset, len, Arc::default())
     }
 
+    /// A window onto `[offset, offset + len)` of any image (a file or an overlay), recording
+    /// into `log`, which its [`super::fat::FatFs`] shares.
     pub(crate) fn with_log(
-        file: File,
+        file: Arc<dyn ImageWrite>,
         offset: u64,
         len: u64,
         log: Arc<Mutex<IoLog>>,
@@ -121,11 +135,10 @@ impl Read for ImageWindow {
             return Ok(0);
         }
         lock(&self.log).record_read(self.pos, want)?;
-        let n = self
-            .file
-            .read_at(&mut buf[..want], self.offset + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
+        self.file
+            .read_image_at(&mut buf[..want], self.offset + self.pos)?;
+        self.pos += want as u64;
+        Ok(want)
     }
 }
 
@@ -150,10 +163,10 @@ impl Write for ImageWindow {
             return Ok(0);
         }
         let at = self.offset + self.pos;
-        let n = self.file.write_at(buf, at)?;
-        lock(&self.log).record_write(at, n as u64);
-        self.pos += n as u64;
-        Ok(n)
+        self.file.write_image_at(buf, at)?;
+        lock(&self.log).record_write(at, buf.len() as u64);
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
