@@ -6,11 +6,10 @@ mod progress;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use imgbuild_core::base::{self, BaseRequest};
 use imgbuild_core::board::{self, Board};
-use imgbuild_core::config::Config;
 use imgbuild_core::pack::Compress;
-use imgbuild_core::pipeline::Progress;
-use imgbuild_core::pipeline::{self, BuildRequest};
-use imgbuild_core::{bail, inspect, payload, plan, Error, Result};
+use imgbuild_core::pipeline;
+use imgbuild_core::spec::{BuildOptions, BuildSpec};
+use imgbuild_core::{inspect, Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -398,123 +397,40 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         imgbuild_cloud::cli::check_destination(to)
             .map_err(|e| Error::msg(format!("--upload: {e}")))?;
     }
-    let config_path = match &args.config {
-        Some(p) => Some(p.clone()),
-        None => Some(PathBuf::from("imgbuild.toml")).filter(|p| p.exists()),
-    };
-    let (config, config_dir) = match &config_path {
-        Some(p) => (
-            Config::load(p)?,
-            p.parent().map(Path::to_path_buf).unwrap_or_default(),
-        ),
-        None => (Config::default(), PathBuf::from(".")),
-    };
-    let config_dir = if config_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        config_dir
-    };
-    let board_name = match (&args.board, &config.board) {
-        (Some(a), Some(c)) if a != c => {
-            bail!("--board {a} disagrees with board = \"{c}\" in the config; drop one")
-        }
-        (Some(a), _) => a.clone(),
-        (None, Some(c)) => c.clone(),
-        (None, None) => bail!(
-            "no board given: pass --board NAME (see `imgbuild boards`) or set board in the config"
-        ),
-    };
-    let board = board::find(&board_name, boards_dir)?;
-    let epoch = match args.source_date_epoch {
-        Some(e) => e,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    };
     let tty = std::io::stderr().is_terminal();
-    let mut plan = plan::make(&config, &config_dir)?;
-    if let Some(gg) = &config.greengrass {
-        let preseed = if args.preseed {
-            let dir = base::cache_dir(args.cache.cache_dir.as_deref())?;
-            payload::fetch_greengrass_artifacts(gg, &dir, args.cache.offline, tty)?
-        } else {
-            payload::Preseed::default()
-        };
-        for w in payload::add_greengrass(&mut plan, gg, &board, &config_dir, epoch, &preseed)? {
-            eprintln!("imgbuild: warning: {w}");
-        }
-    } else if args.preseed {
-        bail!("--preseed needs a [greengrass] section in the config");
-    }
-    let preseed_debs = match (&config.greengrass, args.preseed) {
-        (Some(gg), true) => Some(pipeline::PreseedDebs {
-            packages: payload::firstboot_packages(gg),
-            cache_dir: base::cache_dir(args.cache.cache_dir.as_deref())?.join("debs"),
-            offline: args.cache.offline,
-        }),
-        _ => None,
-    };
-    let base_req = BaseRequest {
-        base: args.base.clone(),
-        sha256: args.base_sha256.clone(),
-        sha512: args.base_sha512.clone(),
-        cache_dir: args.cache.cache_dir.clone(),
-        offline: args.cache.offline,
-        insecure_no_verify: args.insecure_no_verify,
-        progress: tty,
+    let opts = BuildOptions {
+        board: args.board.clone(),
         boards_dir: boards_dir.map(Path::to_path_buf),
-    };
-    // Scratch files of builds that were killed (e.g. a half-decompressed base) go first.
-    if let Ok(dir) = base::cache_dir(args.cache.cache_dir.as_deref()) {
-        if let Ok(swept) = imgbuild_fetch::Cache::open(&dir).and_then(|c| c.sweep_scratch()) {
-            for p in swept {
-                tracing::info!(path = %p.display(), "removed a dead build's scratch file");
-            }
-        }
-    }
-    let mut base = base::resolve(&board, &base_req)?;
-    imgbuild_core::crashpoint::hit("base-resolved");
-    // Incremental packing needs a cache; without one (no HOME) everything is compressed.
-    let chunk_cache = base::cache_dir(args.cache.cache_dir.as_deref()).ok();
-    let progress = progress::Bars::new();
-    progress.start("decompress", 0);
-    let raw = base::cached_raw(&mut base, chunk_cache.as_deref(), &|p| {
-        progress.set(p);
-        if p > 0 {
-            imgbuild_core::crashpoint::hit("decompressing");
-        }
-    });
-    progress.finish();
-    let raw = raw?;
-    imgbuild_core::crashpoint::hit("raw-cached");
-    let req = BuildRequest {
-        board: &board,
-        config: &config,
-        plan: &plan,
-        base: &base.path,
-        raw_base: raw.as_deref(),
-        base_origin: base.origin.clone(),
-        base_sha256: base.sha256.clone(),
-        insecure_no_verify: base.insecure,
-        out_dir: &args.out,
-        name: args
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("imgbuild-{}", board.name)),
+        config: args.config.clone(),
+        base: BaseRequest {
+            base: args.base.clone(),
+            sha256: args.base_sha256.clone(),
+            sha512: args.base_sha512.clone(),
+            cache_dir: args.cache.cache_dir.clone(),
+            offline: args.cache.offline,
+            insecure_no_verify: args.insecure_no_verify,
+            progress: tty,
+            boards_dir: boards_dir.map(Path::to_path_buf),
+        },
+        preseed: args.preseed,
+        out_dir: args.out.clone(),
+        name: args.name.clone(),
         compress: match args.compress {
             CompressArg::Xz => Compress::Xz {
                 level: args.xz_level,
             },
             CompressArg::None => Compress::None,
         },
-        epoch,
-        progress: &progress,
-        chunk_cache: chunk_cache.as_deref(),
-        preseed_debs,
+        epoch: args.source_date_epoch,
         umask,
+        tty,
     };
-    let summary = pipeline::build(&req)?;
+    let progress = progress::Bars::new();
+    let spec = BuildSpec::resolve(&opts, &progress)?;
+    for w in &spec.warnings {
+        eprintln!("imgbuild: warning: {w}");
+    }
+    let summary = pipeline::build(&spec, &progress)?;
     #[cfg(feature = "cloud")]
     let uploaded = match &args.upload {
         Some(to) => upload_artifacts(&summary, to)?,

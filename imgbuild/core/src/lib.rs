@@ -1,10 +1,13 @@
 //! imgbuild's pipeline as a library: each module is one stage of turning a base image into a
 //! provisioned one. The `imgbuild` binary is a thin command-line layer over this crate.
 //!
-//! Stages, in order: [`board`] (what the image looks like), [`config`] (what the user wants),
-//! [`source`] (decompress the base into a sparse working copy), [`disk`] (partition table and
-//! file-system probes), [`fs`] (FAT and ext4 patching), [`plan`] (config → list of actions),
-//! [`apply`] (actions → image), [`pack`] (image → artifacts), [`manifest`] (what was written).
+//! A build is resolve → plan → execute: [`spec`] resolves the options, the config ([`config`]),
+//! the board ([`board`]) and the base ([`base`]) once into a [`spec::BuildSpec`]; [`plan`] turns
+//! the config into what to write; [`pipeline`] runs the stages over the spec: [`source`] (the
+//! sparse working copy), [`disk`] (partition table and file-system probes), [`check`] (the base
+//! is clean), [`writes`] (the plan completed against the base: every user-input error is raised
+//! here), [`apply`] (the writes executed through [`fs`] and libext2fs), [`pack`] (image →
+//! artifacts) and [`scratch`] (atomic publish).
 
 pub mod access;
 pub mod apply;
@@ -27,6 +30,8 @@ pub mod preseed;
 pub mod scratch;
 pub mod secrets;
 pub mod source;
+pub mod spec;
 pub mod units;
+pub mod writes;
 
 pub use error::{Error, Result};

@@ -1,13 +1,15 @@
-//! The whole build, stage by stage: plan → decompress → locate partitions → apply → pack.
+//! The build, as a list of stages over one [`BuildSpec`] (like mkosi's `build_image`): working
+//! copy → locate partitions → check the base → plan the writes → patch → pack → sha256 →
+//! manifest → publish. [`build`] reads as that list; each stage is one method of [`Build`].
 //! Any error removes the working copy and every staged output; the base file is only read.
 
 use crate::apply::{self, Span, Written};
 use crate::board::{Board, FsType, Role, TableType};
-use crate::config::Config;
 use crate::disk::{self, FsKind, Table, TableKind};
 use crate::error::{Context, Error, Result};
 use crate::pack::{self, Artifact, Compress};
-use crate::plan::Plan;
+use crate::spec::BuildSpec;
+use crate::writes::{self, Op};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -28,58 +30,6 @@ impl Progress for NoProgress {
     fn start(&self, _: &str, _: u64) {}
     fn set(&self, _: u64) {}
     fn finish(&self) {}
-}
-
-/// Everything a build needs.
-pub struct BuildRequest<'a> {
-    /// The board.
-    pub board: &'a Board,
-    /// The validated config.
-    pub config: &'a Config,
-    /// What to write (from [`crate::plan::make`] plus payloads).
-    pub plan: &'a Plan,
-    /// The base image file (compressed or raw); opened read-only.
-    pub base: &'a Path,
-    /// A cached raw (decompressed) copy of `base` made by [`crate::base::cached_raw`], used
-    /// instead of decompressing it again; its data extents hold no zero blocks, so it is copied
-    /// extent by extent in the kernel.
-    pub raw_base: Option<&'a Path>,
-    /// Where the base came from, for the manifest (URL or path).
-    pub base_origin: String,
-    /// sha256 of the base file when already known (verified by fetch); computed otherwise.
-    pub base_sha256: Option<String>,
-    /// True when the base was used without verification (`--insecure-no-verify`).
-    pub insecure_no_verify: bool,
-    /// Output directory (created if missing).
-    pub out_dir: &'a Path,
-    /// Artifact base name (`NAME.img.xz`).
-    pub name: String,
-    /// Output compression.
-    pub compress: Compress,
-    /// Timestamp for everything written and the manifest.
-    pub epoch: i64,
-    /// Progress sink.
-    pub progress: &'a dyn Progress,
-    /// `--preseed`: resolve these packages (with dependencies, against the image's dpkg status
-    /// and Debian sources) into arm64 .debs under `/var/lib/imgbuild/preseed/debs/`.
-    pub preseed_debs: Option<PreseedDebs>,
-    /// Cache directory for compressed chunks: a rebuild on the same base recompresses only the
-    /// chunks the apply stage wrote. `None` compresses everything.
-    pub chunk_cache: Option<&'a Path>,
-    /// The user's umask (as returned by [`crate::secrets::private_umask`]): outputs of an image
-    /// without secrets get `0666 & !umask`; those of an image with one are always `0600`.
-    pub umask: u32,
-}
-
-/// What `--preseed` downloads as .debs.
-#[derive(Debug, Clone)]
-pub struct PreseedDebs {
-    /// Package names first boot installs.
-    pub packages: Vec<String>,
-    /// Cache of apt lists and .debs.
-    pub cache_dir: PathBuf,
-    /// Never touch the network.
-    pub offline: bool,
 }
 
 /// The `manifest.json` of a build.
@@ -150,214 +100,388 @@ impl Drop for WorkCopy {
     }
 }
 
-/// Runs the build.
-pub fn build(req: &BuildRequest) -> Result<BuildSummary> {
-    if !req.out_dir.is_dir() {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(req.out_dir)
-            .and_then(|()| {
-                let mode = 0o777 & !req.umask;
-                std::fs::set_permissions(req.out_dir, std::fs::Permissions::from_mode(mode))
-            })
-            .context(|| format!("creating output directory {}", req.out_dir.display()))?;
-    }
-    let base_sha = match &req.base_sha256 {
-        Some(s) => s.clone(),
-        None => timed("base sha256", || pack::hash_base(req.base, req.chunk_cache))?,
-    };
-    let ext = match req.compress {
-        Compress::Xz { .. } => "img.xz",
-        Compress::None => "img",
-    };
-    let image_name = format!("{}.{ext}", req.name);
-    let image_path = req.out_dir.join(&image_name);
-    let sha_name = format!("{image_name}.sha256");
-    let sha_path = req.out_dir.join(&sha_name);
-    let bmap_name = format!("{}.bmap", req.name);
-    let bmap_path = req.out_dir.join(&bmap_name);
-    let manifest_path = req.out_dir.join("manifest.json");
-
-    // Everything below lives in this build's private scratch directory until it is published
-    // (see crate::scratch); an error or a signal removes it.
-    let scratch = crate::scratch::Scratch::create(req.out_dir)?;
-    crate::crashpoint::hit("scratch-created");
-    let image_tmp = scratch.path("image.tmp");
-    let sha_tmp = scratch.path("sha256.tmp");
-    let bmap_tmp = scratch.path("bmap.tmp");
-    let manifest_tmp = scratch.path("manifest.tmp");
-    let work = WorkCopy(scratch.path("work.img"));
-    let raw_size = timed("working copy", || decompress(req, &work.0))?;
+/// Runs the build `spec` describes: each line is one stage (see the module documentation).
+pub fn build(spec: &BuildSpec, progress: &dyn Progress) -> Result<BuildSummary> {
+    let b = Build::start(spec, progress)?;
+    let raw_size = timed("working copy", || b.working_copy())?;
     crate::crashpoint::hit("working-copy");
-    let table = disk::read_table(&work.0)
-        .map_err(|e| e.context(format_args!("base {}", req.base.display())))?;
-    let boot = locate(&work.0, &table, req.board, Role::Boot).map_err(|e| base_err(req, e))?;
-    let root = locate(&work.0, &table, req.board, Role::Root).map_err(|e| base_err(req, e))?;
+    let (table, parts) = b.locate_partitions()?;
     crate::crashpoint::hit("table-read");
-    timed("base check", || {
-        check_base(req, &work.0, &table, &base_sha, scratch.dir())
-    })?;
+    timed("base check", || b.check_base(&table))?;
     crate::crashpoint::hit("base-checked");
-
-    let target = apply::Target {
-        image: &work.0,
-        board: req.board,
-        boot,
-        root,
-        epoch: req.epoch,
-    };
-    let cfg = req.config;
-    let mut incremental = match (req.chunk_cache, req.compress) {
-        (Some(dir), Compress::Xz { .. }) => pack::Incremental::prepare(dir, &base_sha, &work.0)?,
-        _ => None,
-    };
+    let ops = timed("plan", || b.plan_writes(parts))?;
+    let mut incremental = b.chunk_index()?;
     crate::crashpoint::hit("chunk-index");
     // stage: grow
     let grown = timed("grow", || {
-        let growth = cfg.growth()?;
-        crate::grow::grow(&work.0, &table, req.board, growth, scratch.dir(), req.epoch)
+        let (image, scratch) = (&b.work.0, b.scratch.dir());
+        let growth = spec.config.growth()?;
+        crate::grow::grow(image, &table, &spec.board, growth, scratch, spec.epoch)
     })?;
     if let Some(inc) = incremental.as_mut() {
         inc.mark(&grown.dirty);
     }
-    let (table, root) = (grown.table, grown.root);
-    let raw_size = raw_size.max(grown.disk_size); // the image only grows
-    let target = apply::Target { root, ..target };
-    let with_debs;
-    let plan = match &req.preseed_debs {
-        Some(p) => {
-            with_debs = add_preseed_debs(req.plan, p, &work.0, root.offset)?;
-            &with_debs
-        }
-        None => req.plan,
+    let (table, raw_size) = (grown.table, raw_size.max(grown.disk_size));
+    let parts = Parts {
+        root: grown.root,
+        ..parts
     };
     crate::crashpoint::hit("patch-start");
-    let applied = timed("patch", || {
-        apply::apply(&target, plan, cfg.user.as_ref(), cfg.hostname.as_deref())
-    })?;
-    tracing::info!(
-        files = applied.written.len(),
-        dirty_ranges = applied.dirty.len(),
-        "applied"
-    );
+    let applied = timed("patch", || b.patch(parts, &ops))?;
     crate::crashpoint::hit("patch-done");
-    let secrets = crate::secrets::secret_files(req.board, plan, &applied.written);
-    let output_mode = match secrets.is_empty() {
-        true => crate::secrets::public_mode(req.umask),
-        false => 0o600,
-    };
-
-    let bmap = || {
-        timed("bmap", || {
-            imgbuild_pack::write_bmap(&work.0, &bmap_tmp, 4096)
-                .map(|_| ())
-                .map_err(|e| Error::msg(format!("writing {}: {e}", bmap_path.display())))
-        })
-    };
-    req.progress.start("compress", raw_size);
-    let (size, sha256) = match req.compress {
-        Compress::None => {
-            bmap()?;
-            timed("compress", || {
-                std::fs::rename(&work.0, &image_tmp)
-                    .context(|| format!("moving the image to {}", image_tmp.display()))?;
-                Ok((raw_size, pack::hash_file(&image_tmp)?))
-            })?
-        }
-        xz => {
-            if let Some(inc) = incremental.as_mut() {
-                inc.mark(&applied.dirty);
-                if !secrets.is_empty() {
-                    let ranges = crate::secrets::secret_ranges(
-                        &work.0,
-                        root,
-                        boot,
-                        &secrets,
-                        &applied.dirty,
-                    );
-                    inc.never_cache(&ranges);
-                }
-            }
-            crate::crashpoint::hit("secrets-mapped");
-            // The bmap is hashed while the image is compressed: a warm rebuild takes most
-            // chunks from the cache and leaves cores free.
-            std::thread::scope(|scope| {
-                let bmapped = scope.spawn(bmap);
-                let packed = timed("compress", || {
-                    pack::write_image(&work.0, &image_tmp, xz, incremental.as_ref(), &|p| {
-                        req.progress.set(p)
-                    })
-                });
-                let bmapped = bmapped
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::msg("writing the bmap: its thread panicked")));
-                packed.and_then(|packed| bmapped.map(|()| packed))
-            })?
-        }
-    };
-    req.progress.finish();
+    let secrets = crate::secrets::secret_files(&spec.board, &spec.plan, &applied.written);
+    let (size, sha256) = b.pack(raw_size, &applied, parts, &secrets, incremental.as_mut())?;
     crate::crashpoint::hit("compressed");
-    std::fs::write(&sha_tmp, pack::sha256sum_line(&sha256, &image_name))
-        .context(|| format!("writing {}", sha_tmp.display()))?;
+    b.write_sha256(&sha256)?;
     crate::crashpoint::hit("sha256-written");
-    let image = Artifact {
-        path: image_path.clone(),
-        size,
-        sha256,
-    };
-    let manifest = Manifest {
-        imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
-        board: req.board.name.clone(),
-        base: BaseInfo {
-            origin: req.base_origin.clone(),
-            sha256: base_sha,
-            insecure_no_verify: req.insecure_no_verify,
-        },
-        source_date_epoch: req.epoch,
-        image: Artifact {
-            path: PathBuf::from(&image_name),
-            ..image.clone()
-        },
-        raw_size,
-        partition_table: table,
-        files: applied
-            .written
-            .into_iter()
-            .map(|mut w| {
-                let secret = secrets
-                    .iter()
-                    .any(|s| s.partition == w.partition && s.path == w.path && w.kind == "file");
-                if secret {
-                    w.sha256 = None;
-                }
-                ManifestFile { written: w, secret }
-            })
-            .collect(),
-    };
-    let json = serde_json::to_string_pretty(&manifest).context(|| "serializing the manifest")?;
-    std::fs::write(&manifest_tmp, json + "\n")
-        .context(|| format!("writing {}", manifest_tmp.display()))?;
+    let summary = b.write_manifest(raw_size, table, applied, &secrets, size, sha256)?;
     crate::crashpoint::hit("manifest-written");
-    for tmp in [&image_tmp, &sha_tmp, &bmap_tmp, &manifest_tmp] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(output_mode))
-            .context(|| format!("setting the mode of {}", tmp.display()))?;
-    }
+    b.set_output_modes(&secrets)?;
     crate::crashpoint::hit("modes-set");
-    drop(work);
-    // Side files first, the image last.
-    scratch.publish(&[
-        ("bmap.tmp", &bmap_name),
-        ("manifest.tmp", "manifest.json"),
-        ("sha256.tmp", &sha_name),
-        ("image.tmp", &image_name),
-    ])?;
-    Ok(BuildSummary {
-        image,
-        sha256_file: sha_path,
-        bmap: bmap_path,
-        manifest: manifest_path,
-        files_written: manifest.files.len(),
-    })
+    b.publish()?;
+    Ok(summary)
+}
+
+/// Names of the four outputs.
+struct Outputs {
+    image: String,
+    sha256: String,
+    bmap: String,
+}
+
+/// The state one build's stages share.
+struct Build<'a> {
+    spec: &'a BuildSpec,
+    progress: &'a dyn Progress,
+    base_sha: String,
+    out: Outputs,
+    scratch: crate::scratch::Scratch,
+    work: WorkCopy,
+}
+
+impl<'a> Build<'a> {
+    /// Creates the output directory and this build's private scratch directory (see
+    /// [`crate::scratch`]: an error or a signal removes it), and knows the base's sha256.
+    fn start(spec: &'a BuildSpec, progress: &'a dyn Progress) -> Result<Build<'a>> {
+        let out_dir = &spec.out_dir;
+        if !out_dir.is_dir() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(out_dir)
+                .and_then(|()| {
+                    let mode = 0o777 & !spec.umask;
+                    std::fs::set_permissions(out_dir, std::fs::Permissions::from_mode(mode))
+                })
+                .context(|| format!("creating output directory {}", out_dir.display()))?;
+        }
+        let base_sha = match &spec.base.sha256 {
+            Some(s) => s.clone(),
+            None => timed("base sha256", || {
+                pack::hash_base(&spec.base.path, spec.cache_dir.as_deref())
+            })?,
+        };
+        let image = match spec.compress {
+            Compress::Xz { .. } => format!("{}.img.xz", spec.name),
+            Compress::None => format!("{}.img", spec.name),
+        };
+        let out = Outputs {
+            sha256: format!("{image}.sha256"),
+            bmap: format!("{}.bmap", spec.name),
+            image,
+        };
+        let scratch = crate::scratch::Scratch::create(out_dir)?;
+        crate::crashpoint::hit("scratch-created");
+        let work = WorkCopy(scratch.path("work.img"));
+        Ok(Build {
+            spec,
+            progress,
+            base_sha,
+            out,
+            scratch,
+            work,
+        })
+    }
+
+    /// Stage: the sparse working copy of the base (from its cached raw copy when there is
+    /// one); returns its size.
+    fn working_copy(&self) -> Result<u64> {
+        let spec = self.spec;
+        let src = spec.raw_base.as_deref().unwrap_or(&spec.base.path);
+        let total = std::fs::metadata(src)
+            .context(|| format!("base image {}", src.display()))?
+            .len();
+        self.progress.start("decompress", total);
+        let progress = |p| self.progress.set(p);
+        let r = match &spec.raw_base {
+            Some(raw) => crate::source::copy_sparse_image(raw, &self.work.0, &progress),
+            None => crate::source::decompress_to_sparse(src, &self.work.0, &progress),
+        };
+        self.progress.finish();
+        r
+    }
+
+    /// Stage: the partition table, and the boot and root partitions the board names (file
+    /// system and label checked).
+    fn locate_partitions(&self) -> Result<(Table, Parts)> {
+        let spec = self.spec;
+        let table = disk::read_table(&self.work.0)
+            .map_err(|e| e.context(format_args!("base {}", spec.base.path.display())))?;
+        let mismatch = |e: Error| {
+            e.context(format_args!(
+                "base {} does not match board {}",
+                spec.base.path.display(),
+                spec.board.name
+            ))
+        };
+        let boot = locate(&self.work.0, &table, &spec.board, Role::Boot).map_err(mismatch)?;
+        let root = locate(&self.work.0, &table, &spec.board, Role::Root).map_err(mismatch)?;
+        Ok((table, Parts { boot, root }))
+    }
+
+    /// Stage: refuses a base whose partitions overlap or whose boot/root file systems are not
+    /// clean, before anything is written (see [`crate::check`]); a clean verdict is remembered
+    /// in the cache.
+    fn check_base(&self, table: &Table) -> Result<()> {
+        let spec = self.spec;
+        let mut parts = Vec::new();
+        for role in [Role::Boot, Role::Root] {
+            let p_spec = spec.board.partition(role);
+            let Some(p) = table.partition(p_spec.index) else {
+                continue;
+            };
+            parts.push(crate::check::PartCheck {
+                index: p.index,
+                role,
+                family: match p_spec.fs {
+                    FsType::Vfat => crate::check::FsFamily::Fat,
+                    FsType::Ext4 => crate::check::FsFamily::Ext,
+                },
+                offset: p.start,
+                size: p.size,
+            });
+        }
+        let verdict = spec
+            .cache_dir
+            .as_deref()
+            .map(|dir| crate::check::VerdictKey {
+                cache_dir: dir,
+                base_sha256: &self.base_sha,
+            });
+        crate::check::check_partitions(&self.work.0, &parts, self.scratch.dir(), verdict)
+            .map_err(|e| e.context(format_args!("base {}", spec.base.path.display())))
+    }
+
+    /// Stage: the plan completed against the base, read-only (see [`crate::writes`]).
+    fn plan_writes(&self, parts: Parts) -> Result<Vec<Op>> {
+        let probe = writes::Probe::open(
+            &self.work.0,
+            parts.root.offset,
+            parts.boot.offset,
+            parts.boot.size,
+        )?;
+        writes::plan_writes(
+            &self.spec.plan,
+            &self.spec.board,
+            &probe,
+            self.spec.preseed_debs.as_ref(),
+        )
+    }
+
+    /// The base's chunk index, so that packing recompresses only changed chunks (xz output
+    /// with a cache only).
+    fn chunk_index(&self) -> Result<Option<pack::Incremental>> {
+        match (self.spec.cache_dir.as_deref(), self.spec.compress) {
+            (Some(dir), Compress::Xz { .. }) => {
+                pack::Incremental::prepare(dir, &self.base_sha, &self.work.0)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Stage: executes the writes on the working copy.
+    fn patch(&self, parts: Parts, ops: &[Op]) -> Result<apply::Applied> {
+        let target = apply::Target {
+            image: &self.work.0,
+            boot: parts.boot,
+            root: parts.root,
+            epoch: self.spec.epoch,
+        };
+        let applied = apply::apply(&target, ops)?;
+        tracing::info!(
+            files = applied.written.len(),
+            dirty_ranges = applied.dirty.len(),
+            "applied"
+        );
+        Ok(applied)
+    }
+
+    /// Stage: the image artifact (compressed, or the working copy moved into place) and the
+    /// bmap; returns the artifact's size and sha256.
+    fn pack(
+        &self,
+        raw_size: u64,
+        applied: &apply::Applied,
+        parts: Parts,
+        secrets: &[crate::secrets::SecretFile],
+        incremental: Option<&mut pack::Incremental>,
+    ) -> Result<(u64, String)> {
+        let work = &self.work.0;
+        let image_tmp = self.scratch.path("image.tmp");
+        let bmap_tmp = self.scratch.path("bmap.tmp");
+        let bmap_name = &self.out.bmap;
+        let bmap = || {
+            timed("bmap", || {
+                imgbuild_pack::write_bmap(work, &bmap_tmp, 4096)
+                    .map(|_| ())
+                    .map_err(|e| Error::msg(format!("writing {bmap_name}: {e}")))
+            })
+        };
+        self.progress.start("compress", raw_size);
+        let packed = match self.spec.compress {
+            Compress::None => {
+                bmap()?;
+                timed("compress", || {
+                    std::fs::rename(work, &image_tmp)
+                        .context(|| format!("moving the image to {}", image_tmp.display()))?;
+                    Ok((raw_size, pack::hash_file(&image_tmp)?))
+                })?
+            }
+            xz => {
+                let incremental = incremental.map(|inc| {
+                    inc.mark(&applied.dirty);
+                    if !secrets.is_empty() {
+                        let ranges = crate::secrets::secret_ranges(
+                            work,
+                            parts.root,
+                            parts.boot,
+                            secrets,
+                            &applied.dirty,
+                        );
+                        inc.never_cache(&ranges);
+                    }
+                    &*inc
+                });
+                crate::crashpoint::hit("secrets-mapped");
+                // The bmap is hashed while the image is compressed: a warm rebuild takes most
+                // chunks from the cache and leaves cores free.
+                std::thread::scope(|scope| {
+                    let bmapped = scope.spawn(bmap);
+                    let packed = timed("compress", || {
+                        pack::write_image(work, &image_tmp, xz, incremental, &|p| {
+                            self.progress.set(p)
+                        })
+                    });
+                    let bmapped = bmapped.join().unwrap_or_else(|_| {
+                        Err(Error::msg("writing the bmap: its thread panicked"))
+                    });
+                    packed.and_then(|packed| bmapped.map(|()| packed))
+                })?
+            }
+        };
+        self.progress.finish();
+        Ok(packed)
+    }
+
+    /// Stage: `NAME.img.xz.sha256`, in `sha256sum -c` format.
+    fn write_sha256(&self, sha256: &str) -> Result<()> {
+        let tmp = self.scratch.path("sha256.tmp");
+        std::fs::write(&tmp, pack::sha256sum_line(sha256, &self.out.image))
+            .context(|| format!("writing {}", tmp.display()))
+    }
+
+    /// Stage: `manifest.json` (secret files listed without a hash); returns the summary.
+    fn write_manifest(
+        &self,
+        raw_size: u64,
+        table: Table,
+        applied: apply::Applied,
+        secrets: &[crate::secrets::SecretFile],
+        size: u64,
+        sha256: String,
+    ) -> Result<BuildSummary> {
+        let spec = self.spec;
+        let out_dir = &spec.out_dir;
+        let image = Artifact {
+            path: out_dir.join(&self.out.image),
+            size,
+            sha256,
+        };
+        let manifest = Manifest {
+            imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+            board: spec.board.name.clone(),
+            base: BaseInfo {
+                origin: spec.base.origin.clone(),
+                sha256: self.base_sha.clone(),
+                insecure_no_verify: spec.base.insecure,
+            },
+            source_date_epoch: spec.epoch,
+            image: Artifact {
+                path: PathBuf::from(&self.out.image),
+                ..image.clone()
+            },
+            raw_size,
+            partition_table: table,
+            files: applied
+                .written
+                .into_iter()
+                .map(|mut w| {
+                    let secret = secrets.iter().any(|s| {
+                        s.partition == w.partition && s.path == w.path && w.kind == "file"
+                    });
+                    if secret {
+                        w.sha256 = None;
+                    }
+                    ManifestFile { written: w, secret }
+                })
+                .collect(),
+        };
+        let json =
+            serde_json::to_string_pretty(&manifest).context(|| "serializing the manifest")?;
+        let tmp = self.scratch.path("manifest.tmp");
+        std::fs::write(&tmp, json + "\n").context(|| format!("writing {}", tmp.display()))?;
+        Ok(BuildSummary {
+            image,
+            sha256_file: out_dir.join(&self.out.sha256),
+            bmap: out_dir.join(&self.out.bmap),
+            manifest: out_dir.join("manifest.json"),
+            files_written: manifest.files.len(),
+        })
+    }
+
+    /// Stage: the outputs of an image holding a secret are 0600, others follow the umask.
+    fn set_output_modes(&self, secrets: &[crate::secrets::SecretFile]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = match secrets.is_empty() {
+            true => crate::secrets::public_mode(self.spec.umask),
+            false => 0o600,
+        };
+        for tmp in ["image.tmp", "sha256.tmp", "bmap.tmp", "manifest.tmp"] {
+            let tmp = self.scratch.path(tmp);
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .context(|| format!("setting the mode of {}", tmp.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Stage: the four outputs renamed into place together (side files first, the image last).
+    fn publish(self) -> Result<()> {
+        let Build {
+            scratch, work, out, ..
+        } = self;
+        drop(work);
+        scratch.publish(&[
+            ("bmap.tmp", &out.bmap),
+            ("manifest.tmp", "manifest.json"),
+            ("sha256.tmp", &out.sha256),
+            ("image.tmp", &out.image),
+        ])
+    }
+}
+
+/// Where the boot and root partitions are.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    boot: Span,
+    root: Span,
 }
 
 /// Runs one build stage and logs how long it took (shown with `-v`; the benchmark reads it).
@@ -367,128 +491,6 @@ fn timed<T>(stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let seconds = start.elapsed().as_secs_f64();
     tracing::info!(stage, seconds = %format_args!("{seconds:.3}"), "stage done");
     Ok(out)
-}
-
-/// Resolves the pre-seeded .debs against the image's dpkg status and Debian sources, and
-/// returns the plan with them added.
-fn add_preseed_debs(plan: &Plan, p: &PreseedDebs, image: &Path, root_offset: u64) -> Result<Plan> {
-    let fs = imgbuild_ext2fs::Fs::open(image, root_offset, false)
-        .map_err(|e| Error::msg(format!("--preseed: root file system: {e}")))?;
-    let read = |path: &str| -> Result<Option<Vec<u8>>> {
-        match fs.stat(path) {
-            Ok(Some(_)) => fs
-                .read_file(path)
-                .map(Some)
-                .map_err(|e| Error::msg(format!("--preseed: {e}"))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(Error::msg(format!("--preseed: {e}"))),
-        }
-    };
-    let Some(status) = read("/var/lib/dpkg/status")? else {
-        crate::bail!(
-            "--preseed: the image has no /var/lib/dpkg/status, so its packages cannot be resolved"
-        );
-    };
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    let list = read("/etc/apt/sources.list")?.map(text);
-    let mut parts = Vec::new();
-    if let Ok(names) = fs.read_dir("/etc/apt/sources.list.d") {
-        for n in names {
-            if let Some(b) = read(&format!("/etc/apt/sources.list.d/{n}"))? {
-                parts.push((n, text(b)));
-            }
-        }
-    }
-    drop(fs);
-    // Only Debian's own archive: its key is on the host; vendor repositories (e.g. Raspberry
-    // Pi's) are signed with keys that live only inside the image.
-    let sources: String = crate::preseed::image_sources(list.as_deref(), &parts)
-        .lines()
-        .filter(|l| l.contains("debian.org"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if sources.is_empty() {
-        crate::bail!("--preseed: the image's apt sources name no Debian archive (deb.debian.org) to resolve packages from");
-    }
-    let req = crate::preseed::DebRequest {
-        packages: &p.packages,
-        dpkg_status: &status,
-        sources: &sources,
-        arch: "arm64",
-        cache_dir: &p.cache_dir,
-        offline: p.offline,
-    };
-    let debs = crate::preseed::resolve_debs(&req)?;
-    let mut plan = plan.clone();
-    for d in debs {
-        let data = std::fs::read(&d.path)
-            .context(|| format!("--preseed: reading {}", d.path.display()))?;
-        plan.file(
-            &format!("{}/debs/{}", crate::payload::PRESEED_DIR, d.file_name),
-            data,
-            0o644,
-            crate::config::OwnerSpec::root(),
-            "--preseed",
-        );
-    }
-    Ok(plan)
-}
-
-/// Refuses a base whose partitions overlap or whose boot/root file systems are not clean,
-/// before anything is written (see [`crate::check`]); a clean verdict is remembered in the cache.
-fn check_base(
-    req: &BuildRequest,
-    image: &Path,
-    table: &Table,
-    base_sha: &str,
-    scratch_dir: &Path,
-) -> Result<()> {
-    let mut parts = Vec::new();
-    for role in [Role::Boot, Role::Root] {
-        let spec = req.board.partition(role);
-        let Some(p) = table.partition(spec.index) else {
-            continue;
-        };
-        parts.push(crate::check::PartCheck {
-            index: p.index,
-            role,
-            family: match spec.fs {
-                FsType::Vfat => crate::check::FsFamily::Fat,
-                FsType::Ext4 => crate::check::FsFamily::Ext,
-            },
-            offset: p.start,
-            size: p.size,
-        });
-    }
-    let verdict = req.chunk_cache.map(|dir| crate::check::VerdictKey {
-        cache_dir: dir,
-        base_sha256: base_sha,
-    });
-    crate::check::check_partitions(image, &parts, scratch_dir, verdict)
-        .map_err(|e| e.context(format_args!("base {}", req.base.display())))
-}
-
-fn base_err(req: &BuildRequest, e: Error) -> Error {
-    e.context(format_args!(
-        "base {} does not match board {}",
-        req.base.display(),
-        req.board.name
-    ))
-}
-
-fn decompress(req: &BuildRequest, work: &Path) -> Result<u64> {
-    let src = req.raw_base.unwrap_or(req.base);
-    let total = std::fs::metadata(src)
-        .context(|| format!("base image {}", src.display()))?
-        .len();
-    req.progress.start("decompress", total);
-    let progress = |p| req.progress.set(p);
-    let r = match req.raw_base {
-        Some(raw) => crate::source::copy_sparse_image(raw, work, &progress),
-        None => crate::source::decompress_to_sparse(src, work, &progress),
-    };
-    req.progress.finish();
-    r
 }
 
 /// Finds the partition playing `role` and checks its file system and label against the board.

@@ -1,8 +1,12 @@
 //! Plan: turn the config and the host files it names (overlays, `[[file]]` sources, templates)
-//! into a flat, ordered list of entries to write. Everything that can fail because of the
-//! user's input fails here, before the base image is decompressed.
+//! into a flat, ordered list of entries to write, plus what needs the image to be completed
+//! (access settings, boot-file edits, units to enable). Everything that can fail because of the
+//! user's input and does not depend on the image fails here, before the base image is even
+//! fetched; [`crate::writes`] completes the plan against the base before anything is written.
 
-use crate::config::{check_image_path, check_mode_owner, parse_mode, Config, OwnerSpec};
+use crate::config::{
+    check_image_path, check_mode_owner, parse_mode, Config, OwnerSpec, UserConfig,
+};
 use crate::error::{Context, Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -50,6 +54,10 @@ pub struct Plan {
     pub config_set: Vec<(String, String)>,
     /// Units to enable, after all entries are written.
     pub enable_units: Vec<String>,
+    /// The login user (`[user]`): account, SSH keys, sudo.
+    pub user: Option<UserConfig>,
+    /// `hostname`.
+    pub hostname: Option<String>,
     /// The project's templates directory (`templates_dir`, default `templates`, resolved against the
     /// config's directory); payloads look for their overridable templates here.
     pub templates_dir: PathBuf,
@@ -125,6 +133,8 @@ pub fn make(cfg: &Config, config_dir: &Path) -> Result<Plan> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     plan.enable_units = cfg.systemd.enable.clone();
+    plan.user = cfg.user.clone();
+    plan.hostname = cfg.hostname.clone();
     Ok(plan)
 }
 
