@@ -2,7 +2,7 @@
 //! errors) and validation happens before the base image is touched, so a bad config never
 //! leaves a partial output behind.
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -216,7 +216,7 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::msg(format!("reading config {}: {e}", path.display())))?;
+            .context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text, &path.display().to_string())
     }
 
@@ -273,7 +273,7 @@ impl Config {
             check_unit_name(unit)?;
         }
         if let Some(gg) = &self.greengrass {
-            imgbuild_greengrass::validate(gg).map_err(|e| Error::msg(e.to_string()))?;
+            imgbuild_greengrass::validate(gg)?;
         }
         self.growth()?;
         Ok(())

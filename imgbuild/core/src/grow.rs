@@ -23,6 +23,7 @@ use crate::board::{Board, Role};
 use crate::config::Growth;
 use crate::disk::{self, Table, TableKind};
 use crate::error::{Context, Error, Result};
+use imgbuild_ranges::ByteRanges;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -43,7 +44,7 @@ pub struct Grown {
     /// Byte ranges (offset, length) the growth wrote or may have written: the partition table
     /// areas, and everything from the root partition's start to the new end of the disk
     /// (resize2fs's writes are not tracked). Empty when nothing grew.
-    pub dirty: Vec<(u64, u64)>,
+    pub dirty: ByteRanges,
 }
 
 /// The new shape of the disk.
@@ -80,7 +81,7 @@ pub fn grow(
             size: root.size,
         },
         disk_size: table.disk_size,
-        dirty: Vec::new(),
+        dirty: ByteRanges::default(),
     };
     let Some(growth) = growth else {
         return Ok(unchanged());
@@ -155,8 +156,13 @@ pub fn grow(
     out.sync_all().map_err(io)?;
     drop(out);
     drop(copy);
-    let mut dirty = disk::grow_last_partition(image, table, index, layout.root_end)?;
-    dirty.push((root.start, layout.disk_size - root.start));
+    let mut dirty = ByteRanges::from_unsorted(disk::grow_last_partition(
+        image,
+        table,
+        index,
+        layout.root_end,
+    )?);
+    dirty.insert(root.start, layout.disk_size - root.start);
 
     let table = disk::read_table(image).map_err(|e| e.context("[image]: the grown image"))?;
     let root = table

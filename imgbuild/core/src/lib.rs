@@ -13,6 +13,7 @@ pub mod access;
 pub mod apply;
 pub mod base;
 pub mod board;
+pub mod bootconfig;
 pub mod cachedir;
 pub mod check;
 pub mod config;

@@ -181,7 +181,7 @@ fn assert_grown(f: &Fixture, g: &Grown, before: &Before, disk_size: u64, root_en
         before.big_dir
     );
     // The dirty ranges cover the table at the start and everything from the root on.
-    let covered = |at: u64| g.dirty.iter().any(|&(o, l)| o <= at && at < o + l);
+    let covered = |at: u64| g.dirty.contains(at);
     assert!(covered(0), "{:?}", g.dirty);
     if f.layout == Layout::GenericGpt {
         assert!(covered(512) && covered(33 * 512 - 1), "{:?}", g.dirty);
@@ -232,7 +232,7 @@ fn mbr_image_grows_to_a_size_like_sfdisk_grows_its_table() {
         "the MBR differs from sfdisk's"
     );
     assert_eq!(
-        g.dirty.first(),
+        g.dirty.as_slice().first(),
         Some(&(0, 512)),
         "MBR sector not marked: {:?}",
         g.dirty
