@@ -379,3 +379,22 @@ fn a_last_block_group_too_small_for_its_metadata_is_left_out_as_resize2fs_does()
     let (blocks, _, block_size) = dumpe2fs(&f.path, f.root.offset_bytes);
     assert_eq!((blocks, block_size), (32768, 4096));
 }
+
+#[test]
+fn a_root_with_1k_blocks_grows_by_many_block_groups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 1 KiB blocks: 8 MiB block groups, so 100 MiB more adds a dozen groups and their
+    // descriptors (in the reserved GDT blocks).
+    let opts = FixtureOptions {
+        layout: Layout::DebianRaspi,
+        image_mib: 128,
+        boot_mib: 64,
+        ext4_block_size: 1024,
+        big_dir_entries: 40,
+        ..FixtureOptions::default()
+    };
+    let f = build_fixture(dir.path(), &opts);
+    let was = before(&f);
+    let g = grow_fixture(&f, Growth::GrowRoot(100 * MIB), dir.path()).expect("grow");
+    assert_grown(&f, &g, &was, 228 * MIB, 228 * MIB);
+}
