@@ -180,8 +180,35 @@ fn assert_grown(f: &Fixture, g: &Grown, before: &Before, disk_size: u64, root_en
         debugfs_ls(img, f.root.offset_bytes, &f.big_dir),
         before.big_dir
     );
-    // The dirty ranges cover the table at the start and everything from the root on.
+    // The dirty ranges cover every byte that changed (compared in 4 KiB blocks with the image
+    // as it was), the new tail, and no more than what changed plus table sectors and tail.
     let covered = |at: u64| g.dirty.contains(at);
+    let old = std::fs::read(before.image.path()).expect("read the old image");
+    let new = std::fs::read(img).expect("read the grown image");
+    let mut changed_mib = std::collections::BTreeSet::new();
+    for (i, (a, b)) in old.chunks(4096).zip(new.chunks(4096)).enumerate() {
+        if a != b {
+            let at = i as u64 * 4096;
+            changed_mib.insert(at / MIB);
+            let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0) as u64;
+            assert!(
+                covered(at + first),
+                "byte {} changed but is not dirty: {:?}",
+                at + first,
+                g.dirty
+            );
+        }
+    }
+    // Written back in 1 MiB pieces; the table areas are one sector and its neighbours.
+    let tail = disk_size - old.len() as u64;
+    let bound = tail + (changed_mib.len() as u64 + 2) * MIB;
+    assert!(
+        g.dirty.total_bytes() <= bound,
+        "dirty {} bytes, {} MiB pieces changed, tail {tail}: {:?}",
+        g.dirty.total_bytes(),
+        changed_mib.len(),
+        g.dirty
+    );
     assert!(covered(0), "{:?}", g.dirty);
     if f.layout == Layout::GenericGpt {
         assert!(covered(512) && covered(33 * 512 - 1), "{:?}", g.dirty);
@@ -193,6 +220,8 @@ fn assert_grown(f: &Fixture, g: &Grown, before: &Before, disk_size: u64, root_en
 
 /// What the fixture held before growing.
 struct Before {
+    /// A copy of the image.
+    image: tempfile::NamedTempFile,
     boot_sha: String,
     free_blocks: u64,
     passwd: Vec<u8>,
@@ -200,7 +229,15 @@ struct Before {
 }
 
 fn before(f: &Fixture) -> Before {
+    let image = tempfile::NamedTempFile::new_in(f.path.parent().expect("dir")).expect("tempfile");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&f.path)
+            .arg(image.path()),
+    );
     Before {
+        image,
         boot_sha: range_sha(&f.path, f.boot.offset_bytes, f.boot.size_bytes),
         free_blocks: dumpe2fs(&f.path, f.root.offset_bytes).1,
         passwd: debugfs_cat(&f.path, f.root.offset_bytes, "/etc/passwd"),
@@ -262,6 +299,11 @@ fn gpt_root_grows_and_the_backup_gpt_moves_to_the_new_end() {
     );
     let json = sfdisk_json(&f.path);
     assert_eq!(json["partitiontable"]["lastlba"].as_u64(), Some(last - 33));
+    assert_ne!(
+        read_bytes(&f.path, 160 * MIB - 512, 8),
+        b"EFI PART",
+        "the old backup GPT header is still in the grown root partition"
+    );
 
     // sfdisk's relocation of the backup GPT and resize of the same partition, as reference: the
     // same primary header and array, the same backup array and header.
