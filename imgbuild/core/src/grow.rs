@@ -5,10 +5,11 @@
 //! The steps: the image file is extended (sparse); the root partition's end moves to a 1 MiB
 //! boundary (what sfdisk aligns partitions to), in the MBR entry or in both GPT partition arrays
 //! with the backup GPT header and array moved to the new last sectors ([`disk::grow_last_partition`]);
-//! the ext4 file system is grown to exactly the new partition size (whole blocks) by `resize2fs`.
+//! the ext4 file system is grown by `resize2fs` to the new partition size in whole blocks (less
+//! a last block group too small for its own metadata, which resize2fs leaves out).
 //!
 //! Why resize2fs runs on a scratch copy of the root partition and not on `IMAGE?offset=N`:
-//! resize2fs (e2fsprogs 1.47.0 `resize/main.c`, unchanged upstream since) opens a regular file
+//! resize2fs (e2fsprogs 1.47.0 `resize/main.c`, still so upstream) opens a regular file
 //! a second time and, after a successful resize, `ftruncate`s it to the new file-system size
 //! in bytes — ignoring the `offset=` io option. On a disk image that cuts everything past
 //! `size` bytes from the start of the disk, i.e. the end of the root partition it just grew
