@@ -32,19 +32,9 @@ fn small_fixture(dir: &Path) -> Fixture {
 }
 
 fn build(dir: &Path, base: &Path, cache: &Path, out: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "--board",
-        "rpi4",
-        "--base",
-        base.to_str().expect("utf8"),
-        "--out",
-        out,
-        "--name",
-        "g",
-        "-v",
-        "--cache-dir",
-        cache.to_str().expect("utf8"),
-    ];
+    let (base, cache) = (base.to_str().expect("utf8"), cache.to_str().expect("utf8"));
+    let mut args = vec!["--board", "rpi4", "--base", base, "--cache-dir", cache];
+    args.extend(["--out", out, "--name", "g", "-v"]);
     args.extend_from_slice(extra);
     let o = imgbuild(dir, &args);
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();

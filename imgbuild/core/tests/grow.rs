@@ -76,6 +76,15 @@ fn dumpe2fs(img: &Path, offset: u64) -> (u64, u64, u64) {
     )
 }
 
+/// Extends (sparsely) or cuts the file at `path` to `len` bytes.
+fn set_len(path: &Path, len: u64) {
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .unwrap_or_else(|e| panic!("set the length of {}: {e}", path.display()));
+}
+
 /// sha256 of `len` bytes at `offset` of `img`.
 fn range_sha(img: &Path, offset: u64, len: u64) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -253,11 +262,7 @@ fn mbr_image_grows_to_a_size_like_sfdisk_grows_its_table() {
     // sfdisk's own resize of the same partition on the same extended image: the reference MBR.
     let reference = dir.path().join("reference.img");
     std::fs::copy(&f.path, &reference).expect("copy");
-    File::options()
-        .write(true)
-        .open(&reference)
-        .and_then(|r| r.set_len(192 * MIB))
-        .expect("extend reference");
+    set_len(&reference, 192 * MIB);
     sfdisk(&["--quiet", "-N", "2"], &reference, ", +\n");
 
     let g = grow_fixture(&f, Growth::ImageSize(192 * MIB), dir.path()).expect("grow");
@@ -307,11 +312,7 @@ fn gpt_root_grows_and_the_backup_gpt_moves_to_the_new_end() {
 
     // sfdisk's relocation of the backup GPT and resize of the same partition, as reference: the
     // same primary header and array, the same backup array and header.
-    File::options()
-        .write(true)
-        .open(&reference)
-        .and_then(|r| r.set_len(224 * MIB))
-        .expect("extend reference");
+    set_len(&reference, 224 * MIB);
     run_ok(
         Command::new("sfdisk")
             .args(["--relocate", "gpt-bak-std"])
@@ -386,11 +387,7 @@ fn a_root_partition_that_is_not_last_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = fixture(dir.path(), Layout::RpiOs);
     // A third partition after the root.
-    File::options()
-        .write(true)
-        .open(&f.path)
-        .and_then(|r| r.set_len(160 * MIB))
-        .expect("extend");
+    set_len(&f.path, 160 * MIB);
     sfdisk(
         &["--quiet", "--append"],
         &f.path,
@@ -446,11 +443,7 @@ fn free_space_after_the_root_is_used_before_the_image_grows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = fixture(dir.path(), Layout::RpiOs);
     // 32 MiB of unpartitioned space after the root partition.
-    File::options()
-        .write(true)
-        .open(&f.path)
-        .and_then(|r| r.set_len(160 * MIB))
-        .expect("extend");
+    set_len(&f.path, 160 * MIB);
     let was = before(&f);
     let g = grow_fixture(&f, Growth::GrowRoot(16 * MIB), dir.path()).expect("grow");
     assert_grown(&f, &g, &was, 160 * MIB, 144 * MIB);
