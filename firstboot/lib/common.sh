@@ -1,22 +1,24 @@
 # shellcheck shell=bash
 # Shared helpers for imgbuild-firstboot: paths, logging, settings, retries, step runner.
-# Sourced by imgbuild-firstboot; not executable on its own. The constants and settings defined here
-# are used by steps.sh and imgbuild-firstboot:
+# Sourced by imgbuild-firstboot after lib/contract.sh (the CONTRACT_* values shared with the build);
+# not executable on its own. The constants and settings defined here are used by steps.sh and
+# imgbuild-firstboot:
 # shellcheck disable=SC2034
 
 # Every path derives from IMGBUILD_ROOT (empty on the device) so tests can run against a scratch root.
 R=${IMGBUILD_ROOT:-}
-ENV_FILE=$R/etc/imgbuild/firstboot.env
-CONFIG_TEMPLATE=$R/etc/imgbuild/greengrass-config.yaml.in
-STATE_DIR=$R/var/lib/imgbuild/firstboot
-WORK_DIR=$STATE_DIR/work
-PRESEED_DIR=$R/var/lib/imgbuild/preseed
-DONE_MARKER=$STATE_DIR/done
-SERIAL_FILE=$STATE_DIR/serial
+ENV_FILE=$R$CONTRACT_ENV_FILE
+CONFIG_TEMPLATE=$R$CONTRACT_CONFIG_TEMPLATE
+STATE_DIR=$R$CONTRACT_STATE_DIR
+WORK_DIR=$R$CONTRACT_WORK_DIR
+PRESEED_DIR=$R$CONTRACT_PRESEED_DIR
+PRESEED_DEBS_DIR=$R$CONTRACT_PRESEED_DEBS_DIR
+DONE_MARKER=$R$CONTRACT_DONE_MARKER
+SERIAL_FILE=$R$CONTRACT_SERIAL_FILE
 RUN_DIR=$R/run/imgbuild-firstboot
 SUDOERS_FILE=$R/etc/sudoers.d/imgbuild-greengrass
-SERIAL_PLACEHOLDER=@SERIAL_NUMBER@
-UNIT_NAME=imgbuild-firstboot.service
+SERIAL_PLACEHOLDER=$CONTRACT_SERIAL_PLACEHOLDER
+UNIT_NAME=$CONTRACT_UNIT_NAME
 GG_UNIT_NAME=greengrass.service
 GG_USER=ggc_user
 GG_GROUP=ggc_group
@@ -86,8 +88,8 @@ load_settings() {
     require_setting PLUGIN_SHA256 '[0-9a-f]{64}'
     require_setting DOCKER_FLAVOR 'debian|docker-ce'
     require_setting JAVA_PACKAGE '[a-z0-9][a-z0-9+.-]+'
-    local releases=https://d2s8p88vqu9w66.cloudfront.net/releases
-    GG_ROOT=${GG_ROOT:-/greengrass/v2}
+    local releases=$CONTRACT_RELEASES_URL
+    GG_ROOT=${GG_ROOT:-$CONTRACT_GG_ROOT}
     NUCLEUS_URL=${NUCLEUS_URL:-$releases/greengrass-$NUCLEUS_VERSION.zip}
     PLUGIN_URL=${PLUGIN_URL:-$releases/aws-greengrass-FleetProvisioningByClaim/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar}
     PROXY_URL=${PROXY_URL:-}
@@ -107,10 +109,10 @@ load_settings() {
     done
     require_setting GG_PROVISION_POLL_SECONDS '[1-9][0-9]*'
     require_setting GG_ROOT '/[A-Za-z0-9_./-]+'
-    ROOT_CA_PATH=${ROOT_CA_PATH:-$GG_ROOT/AmazonRootCA1.pem}
+    ROOT_CA_PATH=${ROOT_CA_PATH:-$GG_ROOT/$CONTRACT_ROOT_CA_NAME}
     require_setting ROOT_CA_PATH '/[A-Za-z0-9_./-]+'
-    CLAIM_CERT=$R$GG_ROOT/claim.pem.crt
-    CLAIM_KEY=$R$GG_ROOT/claim.private.pem.key
+    CLAIM_CERT=$R$GG_ROOT/$CONTRACT_CLAIM_CERT_NAME
+    CLAIM_KEY=$R$GG_ROOT/$CONTRACT_CLAIM_KEY_NAME
     ROOT_CA=$R$ROOT_CA_PATH
     # What the nucleus writes (aws-greengrass-nucleus: Kernel.DEFAULT_CONFIG_YAML_FILE_WRITE,
     # Kernel.DEFAULT_CONFIG_TLOG_FILE under NucleusPaths.configPath(); logs under logs/).
@@ -118,6 +120,8 @@ load_settings() {
     CONFIG_TLOG=$R$GG_ROOT/config/config.tlog
     GG_LOG=$R$GG_ROOT/logs/greengrass.log
     GG_LOG_OFFSET_FILE=$STATE_DIR/greengrass-log.offset
+    PRESEED_NUCLEUS=$PRESEED_DIR/${CONTRACT_PRESEED_NUCLEUS_NAME/"$CONTRACT_VERSION_PLACEHOLDER"/$NUCLEUS_VERSION}
+    PRESEED_PLUGIN=$PRESEED_DIR/${CONTRACT_PRESEED_PLUGIN_NAME/"$CONTRACT_VERSION_PLACEHOLDER"/$PLUGIN_VERSION}
     NUCLEUS_ZIP=$WORK_DIR/greengrass-$NUCLEUS_VERSION.zip
     PLUGIN_JAR=$WORK_DIR/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar
     INSTALLER_DIR=$WORK_DIR/GreengrassInstaller

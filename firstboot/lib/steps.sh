@@ -116,7 +116,7 @@ install_preseeded() {
     local -a packages
     local status line
     mapfile -t packages < <(required_packages)
-    log "installing $# pre-seeded package file(s) from $PRESEED_DIR/debs"
+    log "installing $# pre-seeded package file(s) from $PRESEED_DEBS_DIR"
     apt_get -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null \
         install -y --no-install-recommends "$@"
     status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}") ||
@@ -162,7 +162,7 @@ step_packages() {
     mapfile -t packages < <(required_packages)
     dpkg --configure -a
     shopt -s nullglob # steps run in a subshell: this does not leak
-    debs=("$PRESEED_DIR"/debs/*.deb)
+    debs=("$PRESEED_DEBS_DIR"/*.deb)
     if ((${#debs[@]} > 0)); then
         install_preseeded "${debs[@]}"
         return 0
@@ -255,9 +255,8 @@ verify_nucleus_signature() {
 }
 
 step_download() {
-    fetch_artifact "$NUCLEUS_URL" "$NUCLEUS_SHA256" "$PRESEED_DIR/greengrass-nucleus-$NUCLEUS_VERSION.zip" "$NUCLEUS_ZIP"
-    fetch_artifact "$PLUGIN_URL" "$PLUGIN_SHA256" "$PRESEED_DIR/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar" \
-        "$PLUGIN_JAR"
+    fetch_artifact "$NUCLEUS_URL" "$NUCLEUS_SHA256" "$PRESEED_NUCLEUS" "$NUCLEUS_ZIP"
+    fetch_artifact "$PLUGIN_URL" "$PLUGIN_SHA256" "$PRESEED_PLUGIN" "$PLUGIN_JAR"
     verify_nucleus_signature
     rm -rf "$INSTALLER_DIR"
     unzip -q -o "$NUCLEUS_ZIP" -d "$INSTALLER_DIR"

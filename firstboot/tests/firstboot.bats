@@ -76,16 +76,16 @@ setup() {
 
 @test "failure in download: later run resumes at download" {
     fail_and_resume download STUB_FAIL=curl
-    [[ ! -e $R/var/lib/imgbuild/preseed ]]
+    [[ ! -e $R$CONTRACT_PRESEED_DIR ]]
 }
 
 @test "failure in config (template without placeholder): later run resumes at config" {
-    sed -i 's/@SERIAL_NUMBER@/FIXED/' "$R/etc/imgbuild/greengrass-config.yaml.in"
-    cp "$R/etc/imgbuild/greengrass-config.yaml.in" "$FIXTURE/"
+    sed -i 's/@SERIAL_NUMBER@/FIXED/' "$R$CONTRACT_CONFIG_TEMPLATE"
+    cp "$R$CONTRACT_CONFIG_TEMPLATE" "$FIXTURE/"
     run_firstboot
     assert_failed_at config
     [[ $output == *"has no @SERIAL_NUMBER@ placeholder"* ]]
-    sed -i 's/"FIXED"/"@SERIAL_NUMBER@"/' "$R/etc/imgbuild/greengrass-config.yaml.in"
+    sed -i 's/"FIXED"/"@SERIAL_NUMBER@"/' "$R$CONTRACT_CONFIG_TEMPLATE"
     run_firstboot
     [[ $status -eq 0 ]]
     assert_calls "$(expected_calls_from config)"
@@ -251,7 +251,7 @@ setup() {
 }
 
 @test "pre-seeded nucleus, plugin and .debs are used: no curl, no apt-get update, no package sources" {
-    local preseed=$R/var/lib/imgbuild/preseed
+    local preseed=$R$CONTRACT_PRESEED_DIR
     mkdir -p "$preseed/debs"
     cp "$DOWNLOADS/greengrass-$NUCLEUS_VERSION.zip" "$preseed/greengrass-nucleus-$NUCLEUS_VERSION.zip"
     cp "$DOWNLOADS/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar" "$preseed/"
@@ -270,22 +270,22 @@ setup() {
 }
 
 @test "an empty pre-seeded debs directory falls back to the network" {
-    mkdir -p "$R/var/lib/imgbuild/preseed/debs"
+    mkdir -p "$R$CONTRACT_PRESEED_DIR/debs"
     run_firstboot
     [[ $status -eq 0 ]]
     assert_calls "$(expected_calls_from serial)"
 }
 
 @test "a pre-seeded set missing a required package fails in packages, naming it" {
-    mkdir -p "$R/var/lib/imgbuild/preseed/debs"
-    echo a >"$R/var/lib/imgbuild/preseed/debs/docker.io_20.10_arm64.deb"
+    mkdir -p "$R$CONTRACT_PRESEED_DIR/debs"
+    echo a >"$R$CONTRACT_PRESEED_DIR/debs/docker.io_20.10_arm64.deb"
     run_firstboot STUB_NOT_INSTALLED=openjdk-17-jre-headless
     assert_failed_at packages
     [[ $output == *"package 'openjdk-17-jre-headless' is not installed"* ]]
 }
 
 @test "a corrupted pre-seeded jar is deleted, so the next run downloads it" {
-    local preseed=$R/var/lib/imgbuild/preseed
+    local preseed=$R$CONTRACT_PRESEED_DIR
     mkdir -p "$preseed"
     echo corrupted >"$preseed/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar"
     run_firstboot
@@ -375,10 +375,10 @@ setup() {
 }
 
 @test "a missing or invalid setting fails before any step, naming the setting" {
-    sed -i '/^NUCLEUS_SHA256=/d' "$R/etc/imgbuild/firstboot.env"
+    sed -i '/^NUCLEUS_SHA256=/d' "$R$CONTRACT_ENV_FILE"
     run_firstboot
     [[ $status -ne 0 ]]
-    [[ $output == *"NUCLEUS_SHA256 is missing from $R/etc/imgbuild/firstboot.env"* ]]
+    [[ $output == *"NUCLEUS_SHA256 is missing from $R$CONTRACT_ENV_FILE"* ]]
     [[ ! -s $STUB_LOG ]]
     set_setting NUCLEUS_SHA256 "$NUCLEUS_SHA256"
     set_setting DOCKER_FLAVOR podman
@@ -402,8 +402,8 @@ setup() {
     grep -qx 'Type=oneshot' "$file"
     grep -qx 'RemainAfterExit=yes' "$file"
     grep -qx 'Restart=on-failure' "$file"
-    grep -qx 'ConditionPathExists=!/var/lib/imgbuild/firstboot/done' "$file"
-    grep -qx 'ExecStart=/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot' "$file"
+    grep -qxF "ConditionPathExists=!$CONTRACT_DONE_MARKER" "$file"
+    grep -qxF "ExecStart=$CONTRACT_FIRSTBOOT_SCRIPT" "$file"
     grep -qx 'WantedBy=multi-user.target' "$file"
     grep -q '^After=.*network-online.target' "$file"
     grep -q '^After=.*time-sync.target' "$file"

@@ -5,6 +5,9 @@
 # shellcheck disable=SC2154
 
 FIRSTBOOT_SRC=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
+# The paths the build and the scripts share (CONTRACT_*), generated from the Rust constants.
+# shellcheck source-path=SCRIPTDIR source=../lib/contract.sh
+source "$FIRSTBOOT_SRC/lib/contract.sh"
 STUBBED_COMMANDS=(apt-get dpkg dpkg-query systemctl java curl useradd groupadd usermod getent visudo jarsigner
     unzip sleep)
 REAL_COMMANDS=(mkdir rm mv cp chmod sha256sum date tail stat cmp)
@@ -12,7 +15,7 @@ STEPS=(serial clock packages users download config install service provision fin
 DT_SERIAL=100000002d9d3bd5
 NUCLEUS_VERSION=2.16.0
 PLUGIN_VERSION=1.2.2
-RELEASES=https://d2s8p88vqu9w66.cloudfront.net/releases
+RELEASES=$CONTRACT_RELEASES_URL
 CURL_OPTIONS='--fail --silent --show-error --location --retry 5 --retry-delay 10 --retry-connrefused --connect-timeout 30 --max-time 900'
 
 # setup_scratch: build the scratch root, the stub PATH and the download server's files.
@@ -23,9 +26,9 @@ setup_scratch() {
     STUB_LOG=$STUB_STATE/calls.log
     DOWNLOADS=$BATS_TEST_TMPDIR/downloads
     FIXTURE=$BATS_TEST_TMPDIR/fixture
-    STATE=$R/var/lib/imgbuild/firstboot
+    STATE=$R$CONTRACT_STATE_DIR
     WORK=$STATE/work
-    GG=$R/greengrass/v2
+    GG=$R$CONTRACT_GG_ROOT
     mkdir -p "$BIN" "$STUB_STATE" "$DOWNLOADS" "$FIXTURE"
     local command
     for command in "${STUBBED_COMMANDS[@]}"; do ln -s "$FIRSTBOOT_SRC/tests/stub.sh" "$BIN/$command"; done
@@ -37,11 +40,11 @@ setup_scratch() {
 
 # install_firstboot: copy the scripts where the image carries them (README "Installed files").
 install_firstboot() {
-    local dir=$R/usr/local/lib/imgbuild/firstboot
-    mkdir -p "$dir/lib" "$R/etc/systemd/system"
+    local dir=$R$CONTRACT_FIRSTBOOT_DIR
+    mkdir -p "$dir/lib" "$R${CONTRACT_UNIT_PATH%/*}"
     cp "$FIRSTBOOT_SRC/imgbuild-firstboot" "$dir/"
-    cp "$FIRSTBOOT_SRC/lib/common.sh" "$FIRSTBOOT_SRC/lib/steps.sh" "$dir/lib/"
-    cp "$FIRSTBOOT_SRC/imgbuild-firstboot.service" "$R/etc/systemd/system/"
+    cp "$FIRSTBOOT_SRC/lib/contract.sh" "$FIRSTBOOT_SRC/lib/common.sh" "$FIRSTBOOT_SRC/lib/steps.sh" "$dir/lib/"
+    cp "$FIRSTBOOT_SRC/imgbuild-firstboot.service" "$R$CONTRACT_UNIT_PATH"
 }
 
 # make_artifacts: stand-in nucleus zip and plugin jar, served by the curl stub.
@@ -54,37 +57,37 @@ make_artifacts() {
 
 # make_image_files: what the build side injects, plus the device's serial sources and a synced clock.
 make_image_files() {
-    mkdir -p "$R/etc/imgbuild" "$GG" "$R/proc" "$R/sys/firmware/devicetree/base" \
+    mkdir -p "$R${CONTRACT_ENV_FILE%/*}" "$GG" "$R/proc" "$R/sys/firmware/devicetree/base" \
         "$R/run/systemd/timesync"
-    cat >"$R/etc/imgbuild/firstboot.env" <<EOF
+    cat >"$R$CONTRACT_ENV_FILE" <<EOF
 NUCLEUS_VERSION=$NUCLEUS_VERSION
 NUCLEUS_SHA256=$NUCLEUS_SHA256
 PLUGIN_VERSION=$PLUGIN_VERSION
 PLUGIN_SHA256=$PLUGIN_SHA256
 DOCKER_FLAVOR=debian
 JAVA_PACKAGE=openjdk-17-jre-headless
-GG_ROOT=/greengrass/v2
+GG_ROOT=$CONTRACT_GG_ROOT
 BACKOFF_BASE_SECONDS=0
 EOF
-    cat >"$R/etc/imgbuild/greengrass-config.yaml.in" <<'EOF'
+    cat >"$R$CONTRACT_CONFIG_TEMPLATE" <<EOF
 ---
 services:
   aws.greengrass.Nucleus:
     version: "2.16.0"
   aws.greengrass.FleetProvisioningByClaim:
     configuration:
-      rootPath: "/greengrass/v2"
+      rootPath: "$CONTRACT_GG_ROOT"
       awsRegion: "eu-west-1"
       iotDataEndpoint: "abc123-ats.iot.eu-west-1.amazonaws.com"
       iotCredentialEndpoint: "abc123.credentials.iot.eu-west-1.amazonaws.com"
       iotRoleAlias: "GreengrassCoreTokenExchangeRoleAlias"
       provisioningTemplate: "GreengrassFleetProvisioningTemplate"
-      claimCertificatePath: "/greengrass/v2/claim.pem.crt"
-      claimCertificatePrivateKeyPath: "/greengrass/v2/claim.private.pem.key"
-      rootCaPath: "/greengrass/v2/AmazonRootCA1.pem"
+      claimCertificatePath: "$CONTRACT_GG_ROOT/$CONTRACT_CLAIM_CERT_NAME"
+      claimCertificatePrivateKeyPath: "$CONTRACT_GG_ROOT/$CONTRACT_CLAIM_KEY_NAME"
+      rootCaPath: "$CONTRACT_GG_ROOT/$CONTRACT_ROOT_CA_NAME"
       templateParameters:
-        ThingName: "device-@SERIAL_NUMBER@"
-        SerialNumber: "@SERIAL_NUMBER@"
+        ThingName: "device-$CONTRACT_SERIAL_PLACEHOLDER"
+        SerialNumber: "$CONTRACT_SERIAL_PLACEHOLDER"
 EOF
     printf '%s\n' '-----BEGIN CERTIFICATE-----' 'stand-in claim certificate' '-----END CERTIFICATE-----' \
         >"$GG/claim.pem.crt"
@@ -93,7 +96,7 @@ EOF
     chmod 0600 "$GG/claim.private.pem.key"
     printf '%s\n' '-----BEGIN CERTIFICATE-----' 'stand-in Amazon Root CA 1' '-----END CERTIFICATE-----' \
         >"$GG/AmazonRootCA1.pem"
-    cp "$GG/claim.pem.crt" "$GG/claim.private.pem.key" "$R/etc/imgbuild/greengrass-config.yaml.in" "$FIXTURE/"
+    cp "$GG/claim.pem.crt" "$GG/claim.private.pem.key" "$R$CONTRACT_CONFIG_TEMPLATE" "$FIXTURE/"
     printf '%s\0' "$DT_SERIAL" >"$R/sys/firmware/devicetree/base/serial-number"
     echo 'console=ttyAMA0,115200 root=LABEL=RASPIROOT rw' >"$R/proc/cmdline"
     : >"$R/run/systemd/timesync/synchronized"
@@ -101,7 +104,7 @@ EOF
 
 # set_setting KEY VALUE: override a build-time setting (the last assignment wins when sourced).
 set_setting() {
-    printf '%s=%s\n' "$1" "$2" >>"$R/etc/imgbuild/firstboot.env"
+    printf '%s=%s\n' "$1" "$2" >>"$R$CONTRACT_ENV_FILE"
 }
 
 # run_firstboot [VAR=VALUE...]: run the installed entry script with an empty call log, a clean
@@ -110,7 +113,7 @@ run_firstboot() {
     : >"$STUB_LOG"
     run /usr/bin/env -i PATH="$BIN" IMGBUILD_ROOT="$R" STUB_LOG="$STUB_LOG" STUB_STATE="$STUB_STATE" \
         STUB_DOWNLOADS="$DOWNLOADS" STUB_GETENT_KNOWN="group:docker" "$@" \
-        "$R/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot"
+        "$R$CONTRACT_FIRSTBOOT_SCRIPT"
 }
 
 # expected_step_calls STEP: the commands STEP runs on the happy path (debian Docker, network, no proxy).
@@ -151,7 +154,7 @@ expected_step_calls() {
 
 # expected_java_args: the installer's exact argv, NUL-separated.
 expected_java_args() {
-    printf '%s\0' "-Droot=$R/greengrass/v2" -Dlog.store=FILE -jar "$WORK/GreengrassInstaller/lib/Greengrass.jar" \
+    printf '%s\0' "-Droot=$R$CONTRACT_GG_ROOT" -Dlog.store=FILE -jar "$WORK/GreengrassInstaller/lib/Greengrass.jar" \
         --trusted-plugin "$WORK/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar" --init-config "$WORK/config.yaml" \
         --component-default-user ggc_user:ggc_group --setup-system-service true
 }
@@ -174,7 +177,7 @@ assert_calls() {
 assert_claim_material_kept() {
     cmp "$FIXTURE/claim.pem.crt" "$GG/claim.pem.crt"
     cmp "$FIXTURE/claim.private.pem.key" "$GG/claim.private.pem.key"
-    cmp "$FIXTURE/greengrass-config.yaml.in" "$R/etc/imgbuild/greengrass-config.yaml.in"
+    cmp "$FIXTURE/greengrass-config.yaml.in" "$R$CONTRACT_CONFIG_TEMPLATE"
     [[ $(stat -c %a "$GG/claim.private.pem.key") == 600 ]]
 }
 
@@ -182,7 +185,7 @@ assert_claim_material_kept() {
 assert_provisioned() {
     [[ -e $STATE/done ]]
     [[ ! -e $GG/claim.pem.crt && ! -e $GG/claim.private.pem.key ]]
-    [[ ! -e $R/etc/imgbuild/greengrass-config.yaml.in && ! -e $WORK ]]
+    [[ ! -e $R$CONTRACT_CONFIG_TEMPLATE && ! -e $WORK ]]
     [[ -e $GG/AmazonRootCA1.pem ]]
     [[ -s $GG/thingCert.crt && -s $GG/privKey.key ]]
     grep -qx 'systemctl disable imgbuild-firstboot.service' "$STUB_LOG"

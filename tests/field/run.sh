@@ -21,6 +21,12 @@ REPO=$(cd "$HERE/../.." && pwd)
 source "$HERE/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=iot.sh
 source "$HERE/iot.sh"
+# the on-device paths and names (CONTRACT_*), generated from imgbuild/greengrass/src/contract.rs
+# shellcheck source-path=SCRIPTDIR source=../../firstboot/lib/contract.sh
+source "$REPO/firstboot/lib/contract.sh"
+GG=$CONTRACT_GG_ROOT
+CLAIM_CERT=$GG/$CONTRACT_CLAIM_CERT_NAME
+CLAIM_KEY=$GG/$CONTRACT_CLAIM_KEY_NAME
 
 SERIAL_VIRT=TESTSERIAL123
 # first boot's bounded wait for proof of provisioning ([greengrass.firstboot_env]); the copies that
@@ -110,14 +116,14 @@ imgbuild_binary() {
 expected_config_lines() {
     cat <<EOF
 version: $NUCLEUS_VERSION
-rootPath: /greengrass/v2
+rootPath: $GG
 awsRegion: eu-west-1
 iotDataEndpoint: $IOT_ENDPOINT
 iotCredentialEndpoint: c1234567890abc.credentials.iot.eu-west-1.amazonaws.com
 iotRoleAlias: FieldTestTokenExchangeRoleAlias
 provisioningTemplate: $IOT_TEMPLATE
-claimCertificatePath: /greengrass/v2/claim.pem.crt
-claimCertificatePrivateKeyPath: /greengrass/v2/claim.private.pem.key
+claimCertificatePath: $CLAIM_CERT
+claimCertificatePrivateKeyPath: $CLAIM_KEY
 ThingGroupName: field-test-group
 mqttPort: 8883
 EOF
@@ -152,7 +158,7 @@ standin_artifacts() {
     echo "field test stand-in for aws.greengrass.FleetProvisioningByClaim $PLUGIN_VERSION" >"$s/plugin/README.txt"
     jar --create --file "$W/srv/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar" -C "$s/plugin" .
     {
-        echo "root=/greengrass/v2"
+        echo "root=$GG"
         echo "plugin_name=fleetprovisioningbyclaim-$PLUGIN_VERSION.jar"
         echo "plugin_sha256=$(sha256sum "$W/srv/fleetprovisioningbyclaim-$PLUGIN_VERSION.jar" | cut -d' ' -f1)"
         while IFS= read -r line; do
@@ -217,7 +223,7 @@ path = "/etc/systemd/system/field-watch.service"
 source = "field-watch.service"
 
 [[file]]
-path = "/etc/systemd/system/imgbuild-firstboot.service.d/field-console.conf"
+path = "$CONTRACT_UNIT_PATH.d/field-console.conf"
 source = "field-console.conf"
 
 # Test only: the guest's network (QEMU user mode, restrict=on) and the data endpoint's address;
@@ -371,10 +377,10 @@ assert_built_image() {
     inspect=$("$IMGBUILD_BIN" inspect "$img" 2>&1 || true)
     check "imgbuild inspect: RASPIFIRM and RASPIROOT" grep -q RASPIROOT <<<"$inspect"
     check "built image: e2fsck -fn clean" fs_clean "$img"
-    check "first-boot unit enabled" img_exists "$img" /etc/systemd/system/multi-user.target.wants/imgbuild-firstboot.service
-    check "claim key in the image" img_exists "$img" /greengrass/v2/claim.private.pem.key
-    check "pre-seeded nucleus zip in the image" img_exists "$img" "/var/lib/imgbuild/preseed/greengrass-nucleus-$NUCLEUS_VERSION.zip"
-    check "pre-seeded docker.io .deb in the image" grep -q '^docker.io_.*\.deb$' < <(debugfs -R "ls -p /var/lib/imgbuild/preseed/debs" "$(rootfs_spec "$img")" 2>/dev/null | awk -F/ '{print $6}')
+    check "first-boot unit enabled" img_exists "$img" "$CONTRACT_UNIT_LINK"
+    check "claim key in the image" img_exists "$img" "$CLAIM_KEY"
+    check "pre-seeded nucleus zip in the image" img_exists "$img" "$CONTRACT_PRESEED_DIR/${CONTRACT_PRESEED_NUCLEUS_NAME/"$CONTRACT_VERSION_PLACEHOLDER"/$NUCLEUS_VERSION}"
+    check "pre-seeded docker.io .deb in the image" grep -q '^docker.io_.*\.deb$' < <(debugfs -R "ls -p $CONTRACT_PRESEED_DEBS_DIR" "$(rootfs_spec "$img")" 2>/dev/null | awk -F/ '{print $6}')
     check "cmdline.txt has the Greengrass cgroup defaults" grep -q 'cgroup_enable=memory' <<<"$CMDLINE"
     check_not "docker.io not yet installed in the built image" dpkg_installed "$img" docker.io
 }
@@ -384,7 +390,7 @@ assert_common() {
     local log=$1 img=$2 serial=$3 tag=$4
     check_eq "$tag: imgbuild-firstboot started once" "$(console_count "$log" 'Starting .*imgbuild-firstboo')" 1
     check "$tag: serial '$serial' read on the device" grep -qa "imgbuild-firstboot\[serial\]: serial number '$serial'" "$log"
-    check_eq "$tag: serial stored" "$(img_cat "$img" /var/lib/imgbuild/firstboot/serial)" "$serial"
+    check_eq "$tag: serial stored" "$(img_cat "$img" "$CONTRACT_SERIAL_FILE")" "$serial"
     check "$tag: hostname $HOSTNAME_WANTED at runtime" grep -qa "FIELD-DONE .*hostname=$HOSTNAME_WANTED " "$log"
     check "$tag: Greengrass cgroup options reached the kernel" grep -qa 'FIELD-CMDLINE .*cgroup_enable=memory' "$log"
     check "$tag: docker.io installed (dpkg status)" dpkg_installed "$img" docker.io
@@ -401,19 +407,19 @@ assert_common() {
 
 # nucleus_log DISK: the nucleus's log (greengrass.log) in the image.
 nucleus_log() {
-    img_cat "$1" /greengrass/v2/logs/greengrass.log
+    img_cat "$1" "$GG/logs/greengrass.log"
 }
 
 # root_ca_of DISK: the rootCaPath the image's rendered config template gives the plugin.
 root_ca_of() {
-    img_cat "$1" /etc/imgbuild/greengrass-config.yaml.in | sed -n 's/^ *"\{0,1\}rootCaPath"\{0,1\}: *"\(.*\)"$/\1/p'
+    img_cat "$1" "$CONTRACT_CONFIG_TEMPLATE" | sed -n 's/^ *"\{0,1\}rootCaPath"\{0,1\}: *"\(.*\)"$/\1/p'
 }
 
 # tlog_value DISK KEY...: the last value config.tlog records for the path KEY... ("" when none).
 tlog_value() {
     local img=$1
     shift
-    img_cat "$img" /greengrass/v2/config/config.tlog | python3 -c '
+    img_cat "$img" "$GG/config/config.tlog" | python3 -c '
 import json, sys
 want, value = sys.argv[1:], ""
 for line in sys.stdin:
@@ -435,11 +441,11 @@ same_public_key() {
 # claim_kept DISK TAG: what every unprovisioned first boot must leave.
 claim_kept() {
     local img=$1 tag=$2
-    check "$tag: claim key kept" img_exists "$img" /greengrass/v2/claim.private.pem.key
-    check "$tag: claim certificate kept" img_exists "$img" /greengrass/v2/claim.pem.crt
-    check "$tag: config template kept" img_exists "$img" /etc/imgbuild/greengrass-config.yaml.in
-    check "$tag: unit still enabled" img_exists "$img" /etc/systemd/system/multi-user.target.wants/imgbuild-firstboot.service
-    check_not "$tag: no done marker" img_exists "$img" /var/lib/imgbuild/firstboot/done
+    check "$tag: claim key kept" img_exists "$img" "$CLAIM_KEY"
+    check "$tag: claim certificate kept" img_exists "$img" "$CLAIM_CERT"
+    check "$tag: config template kept" img_exists "$img" "$CONTRACT_CONFIG_TEMPLATE"
+    check "$tag: unit still enabled" img_exists "$img" "$CONTRACT_UNIT_LINK"
+    check_not "$tag: no done marker" img_exists "$img" "$CONTRACT_DONE_MARKER"
     check_eq "$tag: no thing name in the nucleus config" "$(tlog_value "$img" system thingName)" ""
 }
 
@@ -455,20 +461,20 @@ assert_provisioned() {
     check "$tag: thing $serial registered in moto" iot_thing_exists "$serial"
     check "$tag: thing $serial in thing group $IOT_THING_GROUP" iot_thing_in_group "$serial"
     iot_thing_cert_pem "$serial" >"$d/account.pem" 2>/dev/null || true
-    img_cat "$img" /greengrass/v2/thingCert.crt >"$d/thingCert.crt"
-    img_cat "$img" /greengrass/v2/privKey.key >"$d/privKey.key"
+    img_cat "$img" "$GG/thingCert.crt" >"$d/thingCert.crt"
+    img_cat "$img" "$GG/privKey.key" >"$d/privKey.key"
     check_eq "$tag: the device holds the certificate attached to its thing" \
         "$(openssl x509 -in "$d/thingCert.crt" -noout -fingerprint -sha256 2>&1)" \
         "$(openssl x509 -in "$d/account.pem" -noout -fingerprint -sha256 2>&1)"
     check "$tag: device certificate signed by the test CA" openssl verify -CAfile "$W/iot/ca.pem" "$d/thingCert.crt"
     check "$tag: device key matches its certificate" same_public_key "$d/thingCert.crt" "$d/privKey.key"
     check_not "$tag: device certificate is not the claim" cmp -s "$d/thingCert.crt" "$W/claim.pem.crt"
-    check "$tag: device key mode 0600" grep -q 'Mode:  0600' < <(debugfs -R "stat /greengrass/v2/privKey.key" "$(rootfs_spec "$img")" 2>/dev/null)
+    check "$tag: device key mode 0600" grep -q 'Mode:  0600' < <(debugfs -R "stat $GG/privKey.key" "$(rootfs_spec "$img")" 2>/dev/null)
     # what the nucleus recorded (config.tlog at once; effectiveConfig.yaml when it shut down)
     check_eq "$tag: system.thingName" "$(tlog_value "$img" system thingName)" "$serial"
-    check_eq "$tag: system.certificateFilePath" "$(tlog_value "$img" system certificateFilePath)" /greengrass/v2/thingCert.crt
-    check_eq "$tag: system.privateKeyPath" "$(tlog_value "$img" system privateKeyPath)" /greengrass/v2/privKey.key
-    check "$tag: effectiveConfig.yaml names the thing" grep -q "\"thingName\": \"$serial\"" < <(img_cat "$img" /greengrass/v2/config/effectiveConfig.yaml)
+    check_eq "$tag: system.certificateFilePath" "$(tlog_value "$img" system certificateFilePath)" "$GG/thingCert.crt"
+    check_eq "$tag: system.privateKeyPath" "$(tlog_value "$img" system privateKeyPath)" "$GG/privKey.key"
+    check "$tag: effectiveConfig.yaml names the thing" grep -q "\"thingName\": \"$serial\"" < <(img_cat "$img" "$GG/config/effectiveConfig.yaml")
     # the broker saw the claim certificate (signed by the test CA) connect
     check "$tag: the broker authenticated the claim certificate" grep -qF "u'field-test-claim'" "$W/iot/mosquitto.log"
     # imgbuild cloud devices sync --dry-run lists the new thing (the binary under test, against moto)
@@ -477,14 +483,14 @@ assert_provisioned() {
     echo "$plan" >"$d/devices-sync.txt"
     check "$tag: imgbuild cloud devices sync --dry-run lists $serial" grep -qE "keep +$serial\$" <<<"$plan"
     # first boot removed the claim only now
-    check_not "$tag: claim key deleted" img_exists "$img" /greengrass/v2/claim.private.pem.key
-    check_not "$tag: claim certificate deleted" img_exists "$img" /greengrass/v2/claim.pem.crt
-    check_not "$tag: rendered config deleted" img_exists "$img" /var/lib/imgbuild/firstboot/work/config.yaml
-    check_not "$tag: config template deleted" img_exists "$img" /etc/imgbuild/greengrass-config.yaml.in
-    check_not "$tag: pre-seed directory deleted" img_exists "$img" /var/lib/imgbuild/preseed
+    check_not "$tag: claim key deleted" img_exists "$img" "$CLAIM_KEY"
+    check_not "$tag: claim certificate deleted" img_exists "$img" "$CLAIM_CERT"
+    check_not "$tag: rendered config deleted" img_exists "$img" "$CONTRACT_WORK_DIR/config.yaml"
+    check_not "$tag: config template deleted" img_exists "$img" "$CONTRACT_CONFIG_TEMPLATE"
+    check_not "$tag: pre-seed directory deleted" img_exists "$img" "$CONTRACT_PRESEED_DIR"
     check "$tag: root CA kept" img_exists "$img" "$ROOT_CA_PATH"
-    check "$tag: done marker" img_exists "$img" /var/lib/imgbuild/firstboot/done
-    check_not "$tag: first-boot unit disabled" img_exists "$img" /etc/systemd/system/multi-user.target.wants/imgbuild-firstboot.service
+    check "$tag: done marker" img_exists "$img" "$CONTRACT_DONE_MARKER"
+    check_not "$tag: first-boot unit disabled" img_exists "$img" "$CONTRACT_UNIT_LINK"
 }
 
 # img_replace DISK PATH LOCAL MODE: PATH in the image's root file system replaced by LOCAL, root-owned
@@ -498,12 +504,12 @@ img_replace() {
     cmp -s "$3" <(img_cat "$1" "$2")
 }
 
-# set_env DISK KEY VALUE: KEY=VALUE in the image's /etc/imgbuild/firstboot.env.
+# set_env DISK KEY VALUE: KEY=VALUE in the image's first-boot settings ($CONTRACT_ENV_FILE).
 set_env() {
     local tmp=$W/firstboot.env
-    img_cat "$1" /etc/imgbuild/firstboot.env | grep -v "^$2=" >"$tmp"
+    img_cat "$1" "$CONTRACT_ENV_FILE" | grep -v "^$2=" >"$tmp"
     printf '%s=%s\n' "$2" "$3" >>"$tmp"
-    img_replace "$1" /etc/imgbuild/firstboot.env "$tmp" 600
+    img_replace "$1" "$CONTRACT_ENV_FILE" "$tmp" 600
 }
 
 # old_order DISK: the order before issue 11 - the claim deleted as soon as greengrass.service is
@@ -512,7 +518,7 @@ set_env() {
 # without that step's marker (lib/steps.sh); every other step is the current code.
 old_order() {
     # shellcheck disable=SC2016 # the literal line of lib/steps.sh
-    local d=/usr/local/lib/imgbuild/firstboot guard='    [[ -e $STATE_DIR/provision.done ]] || die '
+    local d=$CONTRACT_FIRSTBOOT_DIR guard='    [[ -e $STATE_DIR/provision.done ]] || die '
     img_cat "$1" "$d/imgbuild-firstboot" >"$W/firstboot-new"
     grep -qx '    run_step provision' "$W/firstboot-new" || return 1
     grep -vx '    run_step provision' "$W/firstboot-new" >"$W/firstboot-old"
@@ -569,7 +575,7 @@ main() {
     check "virt-broker-down: the nucleus retried connecting" grep -q 'Retrying MQTT connect which failed in provisioning plugin' < <(nucleus_log "$disk")
     claim_kept "$disk" virt-broker-down
     check_not "virt-broker-down: no thing in moto" iot_thing_exists "$SERIAL_VIRT"
-    check_not "virt-broker-down: no device certificate" img_exists "$disk" /greengrass/v2/thingCert.crt
+    check_not "virt-broker-down: no device certificate" img_exists "$disk" "$GG/thingCert.crt"
     journal_of "$disk"
     check "virt-broker-down: the timeout is in the journal at priority err" \
         grep -q 'GG_PROVISION_TIMEOUT' < <(jctl -t imgbuild-firstboot -p err -o cat)
@@ -625,11 +631,11 @@ main() {
     log=$W/console-virt-old-order.log
     boot_virt virt-old-order "$disk" "imgbuild.serial=OLDORDER1" || fail "virt-old-order: guest powered off within ${BOOT_TIMEOUT}s"
     check "virt-old-order: first boot reported success" grep -qa 'FIELD-DONE firstboot=succeeded' "$log"
-    check_not "virt-old-order: claim key deleted" img_exists "$disk" /greengrass/v2/claim.private.pem.key
+    check_not "virt-old-order: claim key deleted" img_exists "$disk" "$CLAIM_KEY"
     check "virt-old-order: the nucleus could not provision" grep -qa 'FIELD-NUCLEUS unprovisioned' "$log"
     check "virt-old-order: the plugin failed on the missing claim" grep -q 'Exception encountered while getting device identity information' < <(nucleus_log "$disk")
     check_not "virt-old-order: the happy-path check 'thing registered in moto' fails" iot_thing_exists OLDORDER1
-    check_not "virt-old-order: the happy-path check 'device certificate' fails" img_exists "$disk" /greengrass/v2/thingCert.crt
+    check_not "virt-old-order: the happy-path check 'device certificate' fails" img_exists "$disk" "$GG/thingCert.crt"
     rm -f "$disk"
 
     # raspi4b (optional): a fresh copy, serial from the device tree. No network on this machine

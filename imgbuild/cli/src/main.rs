@@ -1,6 +1,8 @@
 //! `imgbuild`: the command-line layer over `imgbuild-core`. It parses arguments, draws progress
 //! bars and prints results; every stage of the work lives in the library.
 
+#[cfg(feature = "cloud")]
+mod cloud;
 mod progress;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -67,11 +69,11 @@ enum Command {
     Cache(CacheCommand),
     /// Upload artifacts to S3 (multipart, resumable, SSE, sha256 metadata).
     #[cfg(feature = "cloud")]
-    Upload(imgbuild_cloud::UploadArgs),
+    Upload(cloud::UploadArgs),
     /// The AWS side: claim certificate, provisioning parameters, device sync, deployments.
     #[cfg(feature = "cloud")]
     #[command(subcommand)]
-    Cloud(imgbuild_cloud::CloudCommand),
+    Cloud(cloud::CloudCommand),
     /// Show the partition table, file systems, labels and free space of a disk image.
     Inspect {
         /// A raw or compressed (xz, gz, zstd, zip) disk image.
@@ -223,7 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let req = BaseRequest {
                 cache_dir: cache.cache_dir.clone(),
                 offline: cache.offline,
-                progress: std::io::stderr().is_terminal(),
+                progress: progress::Bars::reporter(),
                 boards_dir: boards_dir.map(Path::to_path_buf),
                 ..BaseRequest::default()
             };
@@ -233,7 +235,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Cache(cmd)) => cache_command(cmd, boards_dir),
         #[cfg(feature = "cloud")]
-        Some(Command::Upload(args)) => args.run().map_err(|e| Error::msg(e.to_string())),
+        Some(Command::Upload(args)) => args
+            .run(progress::Bars::reporter())
+            .map_err(|e| Error::msg(e.to_string())),
         #[cfg(feature = "cloud")]
         Some(Command::Cloud(cmd)) => return cloud_status(cmd),
     }?;
@@ -243,7 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Runs `imgbuild cloud …`; an error that calls for a status other than 1 (`deploy --wait`:
 /// 3 a device failed, 4 one timed out) is printed here and becomes the exit status.
 #[cfg(feature = "cloud")]
-fn cloud_status(cmd: imgbuild_cloud::CloudCommand) -> Result<ExitCode> {
+fn cloud_status(cmd: cloud::CloudCommand) -> Result<ExitCode> {
     match cmd.run() {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.exit_code() == 1 => Err(Error::msg(e.to_string())),
@@ -370,7 +374,7 @@ fn upload_artifacts(
     summary: &pipeline::BuildSummary,
     to: &imgbuild_cloud::S3Location,
 ) -> Result<Vec<String>> {
-    let upload = imgbuild_cloud::UploadArgs {
+    let upload = cloud::UploadArgs {
         files: vec![
             summary.image.path.clone(),
             summary.sha256_file.clone(),
@@ -382,7 +386,7 @@ fn upload_artifacts(
         jobs: imgbuild_cloud::upload::DEFAULT_JOBS,
     };
     upload
-        .upload()
+        .upload(progress::Bars::reporter())
         .map_err(|e| Error::msg(format!("--upload: {e}")))
 }
 
@@ -394,10 +398,9 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     install_signal_cleanup(base::cache_dir(args.cache.cache_dir.as_deref()).ok())?;
     #[cfg(feature = "cloud")]
     if let Some(to) = &args.upload {
-        imgbuild_cloud::cli::check_destination(to)
-            .map_err(|e| Error::msg(format!("--upload: {e}")))?;
+        cloud::check_destination(to).map_err(|e| Error::msg(format!("--upload: {e}")))?;
     }
-    let tty = std::io::stderr().is_terminal();
+    let bars = progress::Bars::reporter();
     let opts = BuildOptions {
         board: args.board.clone(),
         boards_dir: boards_dir.map(Path::to_path_buf),
@@ -409,7 +412,7 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
             cache_dir: args.cache.cache_dir.clone(),
             offline: args.cache.offline,
             insecure_no_verify: args.insecure_no_verify,
-            progress: tty,
+            progress: bars.clone(),
             boards_dir: boards_dir.map(Path::to_path_buf),
         },
         preseed: args.preseed,
@@ -423,14 +426,12 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
         },
         epoch: args.source_date_epoch,
         umask,
-        tty,
     };
-    let progress = progress::Bars::new();
-    let spec = BuildSpec::resolve(&opts, &progress)?;
+    let spec = BuildSpec::resolve(&opts, &*bars)?;
     for w in &spec.warnings {
         eprintln!("imgbuild: warning: {w}");
     }
-    let summary = pipeline::build(&spec, &progress)?;
+    let summary = pipeline::build(&spec, &*bars)?;
     #[cfg(feature = "cloud")]
     let uploaded = match &args.upload {
         Some(to) => upload_artifacts(&summary, to)?,

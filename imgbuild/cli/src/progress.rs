@@ -1,14 +1,15 @@
-//! Progress bars for the long stages, drawn only when stderr is a terminal.
+//! Progress bars for the long stages, drawn only when stderr is a terminal: the one
+//! implementation of the libraries' [`Progress`] trait (they report, the CLI draws).
 
-use imgbuild_core::pipeline::Progress;
+use imgbuild_progress::{Progress, Reporter};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::cell::RefCell;
 use std::io::IsTerminal;
+use std::sync::{Mutex, MutexGuard};
 
-/// indicatif bars behind the library's [`Progress`] trait.
+/// indicatif bars behind the libraries' [`Progress`] trait: one bar per stage.
 pub struct Bars {
     enabled: bool,
-    bar: RefCell<Option<ProgressBar>>,
+    bar: Mutex<Option<ProgressBar>>,
 }
 
 impl Bars {
@@ -16,8 +17,18 @@ impl Bars {
     pub fn new() -> Bars {
         Bars {
             enabled: std::io::stderr().is_terminal(),
-            bar: RefCell::new(None),
+            bar: Mutex::new(None),
         }
+    }
+
+    /// [`Bars::new`] as a shareable [`Reporter`] for the libraries' option structs.
+    pub fn reporter() -> Reporter {
+        Reporter::new(Bars::new())
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<ProgressBar>> {
+        // A bar is only drawing state: one left behind by a panicking thread is still usable.
+        self.bar.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -25,6 +36,18 @@ impl Progress for Bars {
     fn start(&self, stage: &str, total: u64) {
         if !self.enabled {
             return;
+        }
+        let mut slot = self.slot();
+        if let Some(old) = slot.take() {
+            if old.prefix() == stage {
+                // The same stage again (a resumed download now knowing its size): keep the bar.
+                if total > 0 {
+                    old.set_length(total);
+                }
+                *slot = Some(old);
+                return;
+            }
+            old.finish_and_clear();
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
@@ -34,11 +57,11 @@ impl Progress for Bars {
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_prefix(stage.to_string());
-        *self.bar.borrow_mut() = Some(bar);
+        *slot = Some(bar);
     }
 
     fn set(&self, pos: u64) {
-        if let Some(b) = self.bar.borrow().as_ref() {
+        if let Some(b) = self.slot().as_ref() {
             if b.length().is_some_and(|l| pos > l) {
                 b.set_length(pos);
             }
@@ -47,7 +70,7 @@ impl Progress for Bars {
     }
 
     fn finish(&self) {
-        if let Some(b) = self.bar.borrow_mut().take() {
+        if let Some(b) = self.slot().take() {
             b.finish_and_clear();
         }
     }

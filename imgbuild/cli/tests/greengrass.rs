@@ -139,6 +139,19 @@ fn greengrass_payload_lands_with_modes_and_the_unit_enabled() {
         ))
         .expect("steps.sh")
     );
+    // the image carries the on-device contract the scripts source (generated, = the checked-in copy)
+    assert_eq!(
+        debugfs_cat(
+            &img,
+            off,
+            "/usr/local/lib/imgbuild/firstboot/lib/contract.sh"
+        ),
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../firstboot/lib/contract.sh"
+        ))
+        .expect("contract.sh")
+    );
     assert_eq!(
         debugfs_readlink(
             &img,

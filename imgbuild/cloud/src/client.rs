@@ -3,7 +3,7 @@
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_sdk_s3::config::RequestChecksumCalculation;
 
-use crate::error::{bail, Result, SdkContext};
+use crate::error::{bail, Context, Result, SdkContext};
 
 /// The AWS service clients imgbuild uses, sharing one configuration.
 ///
@@ -95,4 +95,14 @@ pub struct CallerIdentity {
     pub account: String,
     /// The user or assumed-role ARN.
     pub arn: String,
+}
+
+/// Runs a future to completion on a new multi-threaded tokio runtime, so that a synchronous
+/// caller (the CLI) can use this crate's async API.
+pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context(|| "starting the async runtime")?;
+    runtime.block_on(future)
 }

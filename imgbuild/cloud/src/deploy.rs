@@ -306,6 +306,55 @@ async fn group_arn(aws: &Aws, thing_group: &str) -> Result<String> {
     }
 }
 
+/// What `cloud deploy` is asked to do (see [`run`]).
+#[derive(Clone, Debug)]
+pub struct DeployRequest<'a> {
+    /// The thing group to deploy to.
+    pub thing_group: &'a str,
+    /// The components file ([`read_components`]).
+    pub components: &'a Path,
+    /// Deployment name (default `imgbuild-GROUP`).
+    pub name: Option<&'a str>,
+    /// Follow the deployment ([`wait`]) with these options.
+    pub wait: Option<WaitOptions>,
+}
+
+/// What [`run`] reports while it works, in this order.
+#[derive(Clone, Copy, Debug)]
+pub enum DeployEvent<'a> {
+    /// A `latest` component version was resolved.
+    Resolved(&'a Resolved),
+    /// The deployment was created.
+    Created(&'a Deployment),
+    /// While waiting: a device's status changed (`THING STATUS`).
+    Device(&'a str),
+}
+
+/// `cloud deploy [--wait]`: reads the components, resolves `latest` versions, creates the
+/// deployment and, with [`DeployRequest::wait`], follows it. Returns the wait report (`None`
+/// without waiting); [`WaitReport::into_result`] turns a failed or late device into the error
+/// with its exit status.
+pub async fn run(
+    aws: &Aws,
+    req: &DeployRequest<'_>,
+    mut on_event: impl FnMut(DeployEvent<'_>),
+) -> Result<Option<WaitReport>> {
+    let mut components = read_components(req.components)?;
+    for r in resolve_latest(aws, req.thing_group, &mut components).await? {
+        on_event(DeployEvent::Resolved(&r));
+    }
+    let d = deploy(aws, req.thing_group, &components, req.name).await?;
+    on_event(DeployEvent::Created(&d));
+    let Some(options) = req.wait else {
+        return Ok(None);
+    };
+    let report = wait(aws, req.thing_group, &d.deployment_id, options, |line| {
+        on_event(DeployEvent::Device(line))
+    })
+    .await?;
+    Ok(Some(report))
+}
+
 /// How [`wait`] polls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitOptions {

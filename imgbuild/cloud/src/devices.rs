@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::allowlist::Allowlist;
 use crate::claim::certificate_id;
 use crate::client::Aws;
-use crate::error::{bail, error_code, Result, SdkContext};
+use crate::error::{bail, error_code, CloudError, Result, SdkContext};
 
 const NOT_FOUND: &str = "ResourceNotFoundException";
 
@@ -571,6 +571,52 @@ pub fn approve(plan: &SyncPlan, guards: Guards) -> Result<Approval> {
     } else {
         Approval::Ask
     })
+}
+
+/// What `devices sync` is asked to do (see [`sync`]).
+#[derive(Clone, Debug)]
+pub struct SyncArgs<'a> {
+    /// The allowlist file (one serial a line).
+    pub allowlist: &'a std::path::Path,
+    /// Thing group, thing-name prefix and device policy.
+    pub request: SyncRequest<'a>,
+    /// Plan only: change nothing.
+    pub dry_run: bool,
+    /// The guards a plan with removals must pass.
+    pub guards: Guards,
+}
+
+/// What [`sync`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// Nothing was changed: a dry run, or the group already matches the allowlist.
+    Unchanged,
+    /// The plan was carried out.
+    Applied(SyncReport),
+}
+
+/// `devices sync`: reads the allowlist, plans against the account, hands the plan to `show`
+/// (before anything changes), checks the [`Guards`] — calling `confirm`, which must fail unless
+/// an operator agreed, when they ask for a confirmation — and carries the plan out. A refusal
+/// at any point leaves the account as it was.
+pub async fn sync(
+    aws: &Aws,
+    args: &SyncArgs<'_>,
+    show: impl FnOnce(&SyncPlan),
+    confirm: impl FnOnce(&SyncPlan) -> Result<()>,
+) -> Result<SyncOutcome> {
+    let list = Allowlist::read(args.allowlist)?;
+    let plan = plan_sync(aws, &list, &args.request)
+        .await
+        .map_err(|e| CloudError::msg(format!("{}: {e}", args.allowlist.display())))?;
+    show(&plan);
+    if args.dry_run || plan.is_noop() {
+        return Ok(SyncOutcome::Unchanged);
+    }
+    if approve(&plan, args.guards)? == Approval::Ask {
+        confirm(&plan)?;
+    }
+    apply_sync(aws, &plan).await.map(SyncOutcome::Applied)
 }
 
 /// What [`apply_sync`] changed.

@@ -58,7 +58,7 @@ macro_rules! bail {
 pub(crate) use bail;
 
 /// Adds "what was being done" to a non-SDK error (I/O, JSON, ...), as `"{what}: {cause}"`.
-pub(crate) trait Context<T> {
+pub trait Context<T> {
     /// Wraps the error; `what` is computed only on failure.
     fn context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
 }

@@ -13,7 +13,10 @@
 //! - [`fleet`]: `imgbuild cloud fleet init|destroy` — everything fleet provisioning by claim
 //!   needs (roles, policies, role alias, template, optional allowlist hook, claim, thing group,
 //!   private bucket), created idempotently with drift reported; and removed again.
-//! - [`cli`]: the clap definitions ([`CloudCommand`], [`UploadArgs`]) the binary embeds.
+//!
+//! The library returns reports and plans and never prints; the `imgbuild` binary holds the
+//! command-line definitions and prints what these functions return. Its operations are async;
+//! [`block_on`] runs one from synchronous code.
 //!
 //! Credentials and region come from the standard AWS chain (see [`Aws`]); `AWS_ENDPOINT_URL`
 //! points every client at another endpoint (an emulator in the tests). Errors are one line each
@@ -24,7 +27,6 @@
 pub mod allowlist;
 pub mod buildconfig;
 pub mod claim;
-pub mod cli;
 pub mod client;
 pub mod deploy;
 pub mod devices;
@@ -35,7 +37,6 @@ pub mod objects;
 pub mod provisioning;
 pub mod upload;
 
-pub use cli::{CloudCommand, UploadArgs};
-pub use client::Aws;
+pub use client::{block_on, Aws};
 pub use error::{CloudError, Result};
 pub use location::S3Location;

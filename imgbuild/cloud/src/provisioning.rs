@@ -86,7 +86,7 @@ pub async fn publish(aws: &Aws, req: &PublishRequest<'_>) -> Result<Provisioning
 }
 
 /// The parameters as the pretty JSON `publish` writes (with a final newline).
-pub(crate) fn params_json(params: &ProvisioningParams) -> Result<String> {
+pub fn params_json(params: &ProvisioningParams) -> Result<String> {
     let mut json =
         serde_json::to_string_pretty(params).context(|| "encoding the provisioning parameters")?;
     json.push('\n');

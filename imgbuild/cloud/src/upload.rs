@@ -14,7 +14,7 @@
 //! ListMultipartUploads). Two concurrent uploads of the same key are not supported.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use std::time::Duration;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
-use indicatif::{ProgressBar, ProgressStyle};
+use imgbuild_progress::Reporter;
 use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,8 +57,9 @@ pub struct UploadOptions {
     pub jobs: usize,
     /// Print a presigned GET URL valid this long for each uploaded file.
     pub presign: Option<Duration>,
-    /// Draw progress bars on stderr (only when stderr is a terminal).
-    pub progress: bool,
+    /// Receives the progress of hashing and uploading each file (the CLI draws it); shows
+    /// nothing by default.
+    pub progress: Reporter,
     /// Observer of uploaded parts, which may interrupt the upload (see [`PartHook`]).
     pub on_part: Option<PartHook>,
 }
@@ -68,7 +69,7 @@ impl Default for UploadOptions {
         UploadOptions {
             jobs: DEFAULT_JOBS,
             presign: None,
-            progress: true,
+            progress: Reporter::none(),
             on_part: None,
         }
     }
@@ -208,7 +209,7 @@ pub async fn upload_file(
     let size = std::fs::metadata(file)
         .context(|| format!("{}: cannot read the file to upload", file.display()))?
         .len();
-    let sha256 = hash_file(file, size, options.progress).await?;
+    let sha256 = hash_file(file, size, &options.progress).await?;
     let mut report = UploadReport {
         file: file.to_owned(),
         bucket: bucket.to_owned(),
@@ -231,45 +232,35 @@ pub async fn upload_file(
     Ok(report)
 }
 
-/// A progress bar on stderr when asked for and stderr is a terminal, else a hidden one.
-fn progress_bar(len: u64, message: &str, enabled: bool) -> ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message(message.to_owned());
-    bar
-}
-
-/// The hex sha256 of a whole file, computed on a blocking thread.
-async fn hash_file(file: &Path, size: u64, progress: bool) -> Result<String> {
+/// The hex sha256 of a whole file, computed on a blocking thread; progress stage `sha256 NAME`.
+async fn hash_file(file: &Path, size: u64, progress: &Reporter) -> Result<String> {
     let path = file.to_owned();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bar = progress_bar(size, &format!("sha256 {name}"), progress);
+    let progress = progress.clone();
+    progress.start(&format!("sha256 {name}"), size);
     let task = tokio::task::spawn_blocking(move || -> Result<String> {
         let what = || format!("{}: reading for sha256", path.display());
         let mut f = File::open(&path).context(what)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; MIB as usize];
-        loop {
-            let n = f.read(&mut buf).context(what)?;
+        let mut done = 0u64;
+        let hashed = loop {
+            let n = match f.read(&mut buf).context(what) {
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
             if n == 0 {
-                break;
+                break Ok(hex::encode(hasher.finalize()));
             }
             hasher.update(&buf[..n]);
-            bar.inc(n as u64);
-        }
-        bar.finish_and_clear();
-        Ok(hex::encode(hasher.finalize()))
+            done += n as u64;
+            progress.set(done);
+        };
+        progress.finish();
+        hashed
     });
     task.await
         .context(|| format!("{}: hashing task", file.display()))?
@@ -549,7 +540,9 @@ async fn send_parts(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bar = progress_bar(report.size, &format!("upload {name}"), options.progress);
+    let progress = &options.progress;
+    progress.start(&format!("upload {name}"), report.size);
+    let mut sent_bytes = 0u64;
     let existing = Arc::new(existing);
     let mut pending = parts.into_iter();
     let mut tasks: JoinSet<Result<PartDone>> = JoinSet::new();
@@ -584,10 +577,11 @@ async fn send_parts(
         if done.sent {
             uploaded += 1;
         }
-        bar.inc(done.len);
+        sent_bytes += done.len;
+        progress.set(sent_bytes);
         completed.push(done.part);
     }
-    bar.finish_and_clear();
+    progress.finish();
     completed.sort_by_key(|p| p.part_number());
     report.parts_uploaded = uploaded;
     Ok(completed)

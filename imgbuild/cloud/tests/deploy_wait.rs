@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use aws_sdk_greengrassv2::primitives::Blob;
 use common::Moto;
-use imgbuild_cloud::cli::{CloudCommand, DeployArgs};
 use imgbuild_cloud::deploy::{self, Outcome, WaitOptions, EXIT_FAILED, EXIT_TIMED_OUT};
 use imgbuild_cloud::Aws;
 use opskit::{device, device_policy, group, shim_post, state};
@@ -163,19 +162,31 @@ async fn cli_wait_exit_statuses_and_latest_resolution() {
             "aws.greengrass.Cli": {"componentVersion": "latest"},
             "com.example.Pinned": {"componentVersion": "0.1.0"}}"#,
     );
+    // `cloud deploy [--wait]` as the CLI runs it: the wait report decides the outcome.
     let args = |wait: bool, timeout: Option<Duration>| {
-        CloudCommand::Deploy(DeployArgs {
-            thing_group: "Fleet".to_owned(),
-            components: file.clone(),
-            name: None,
-            wait,
-            timeout,
-            poll_interval: Some(Duration::from_millis(20)),
-        })
+        let (aws, file) = (&aws, file.clone());
+        async move {
+            let req = deploy::DeployRequest {
+                thing_group: "Fleet",
+                components: &file,
+                name: None,
+                wait: wait.then_some(deploy::WaitOptions {
+                    timeout: timeout.unwrap_or(deploy::DEFAULT_WAIT_TIMEOUT),
+                    poll_interval: Duration::from_millis(20),
+                }),
+            };
+            let mut events = Vec::new();
+            let report = deploy::run(aws, &req, |e| events.push(format!("{e:?}"))).await?;
+            assert!(
+                events.iter().any(|e| e.starts_with("Created(")),
+                "{events:?}"
+            );
+            report.map_or(Ok(()), |r| r.into_result().map(drop))
+        }
     };
 
     // All core devices succeed: Ok (exit 0); the deployment carries the resolved versions.
-    args(true, None).run_with(&aws).await.unwrap();
+    args(true, None).await.unwrap();
     let list = aws.greengrass.list_deployments().send().await.unwrap();
     let id = list.deployments()[0].deployment_id().unwrap().to_owned();
     let got = aws
@@ -205,7 +216,6 @@ async fn cli_wait_exit_statuses_and_latest_resolution() {
         r#"{"outcome": "OFFLINE"}"#,
     );
     let err = args(true, Some(Duration::from_millis(300)))
-        .run_with(&aws)
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), EXIT_TIMED_OUT);
@@ -220,10 +230,7 @@ async fn cli_wait_exit_statuses_and_latest_resolution() {
         "/_shim/greengrass/v2/coreDevices/SN2/behaviour",
         r#"{"outcome": "REJECTED"}"#,
     );
-    let err = args(true, Some(Duration::from_secs(2)))
-        .run_with(&aws)
-        .await
-        .unwrap_err();
+    let err = args(true, Some(Duration::from_secs(2))).await.unwrap_err();
     assert_eq!(err.exit_code(), EXIT_FAILED);
     common::assert_one_line(err.message(), &["failed on SN2 REJECTED"]);
 
@@ -242,17 +249,15 @@ async fn cli_wait_exit_statuses_and_latest_resolution() {
         dir.path(),
         r#"{"com.example.Nope": {"componentVersion": "latest"}}"#,
     );
-    let err = CloudCommand::Deploy(DeployArgs {
-        thing_group: "Fleet".to_owned(),
-        components: missing,
+    let req = deploy::DeployRequest {
+        thing_group: "Fleet",
+        components: &missing,
         name: None,
-        wait: false,
-        timeout: None,
-        poll_interval: None,
-    })
-    .run_with(&aws)
-    .await
-    .unwrap_err();
+        wait: None,
+    };
+    let err = deploy::run(&aws, &req, |e| panic!("nothing may happen, got {e:?}"))
+        .await
+        .unwrap_err();
     common::assert_one_line(
         err.message(),
         &[

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use common::Moto;
 use imgbuild_cloud::allowlist::Allowlist;
-use imgbuild_cloud::cli::{CloudCommand, DevicesCommand};
-use imgbuild_cloud::devices::{apply_sync, plan_sync, SyncRequest};
-use imgbuild_cloud::Aws;
+use imgbuild_cloud::devices::{
+    self, apply_sync, plan_sync, Guards, SyncArgs, SyncOutcome, SyncRequest,
+};
+use imgbuild_cloud::{Aws, CloudError};
 
 const DEVICE_POLICY: &str = "DevicePolicy";
 
@@ -298,23 +299,40 @@ async fn dry_run_and_a_malformed_allowlist_change_nothing() {
     let good = dir.path().join("allowlist.txt");
     std::fs::write(&good, ALLOWLIST).unwrap();
     let sync = |allowlist: std::path::PathBuf, dry_run: bool| {
-        CloudCommand::Devices(DevicesCommand::Sync {
-            allowlist,
-            thing_group: "Fleet".to_owned(),
-            thing_prefix: String::new(),
-            device_policy: Some(DEVICE_POLICY.to_owned()),
-            dry_run,
-            max_removals: 5,
-            yes: true,
-        })
+        let aws = &aws;
+        async move {
+            let args = SyncArgs {
+                allowlist: &allowlist,
+                request: SyncRequest {
+                    thing_group: "Fleet",
+                    thing_prefix: "",
+                    device_policy: Some(DEVICE_POLICY),
+                },
+                dry_run,
+                guards: Guards {
+                    max_removals: 5,
+                    yes: true,
+                },
+            };
+            let mut shown = None;
+            let no_operator = |_: &_| Err(CloudError::msg("test: nobody to confirm"));
+            devices::sync(aws, &args, |plan| shown = Some(plan.clone()), no_operator)
+                .await
+                .map(|outcome| (outcome, shown))
+        }
     };
 
-    sync(good.clone(), true).run_with(&aws).await.unwrap();
+    let (outcome, shown) = sync(good.clone(), true).await.unwrap();
+    assert_eq!(outcome, SyncOutcome::Unchanged);
+    assert!(
+        shown.is_some_and(|plan| !plan.is_noop()),
+        "the dry run showed the plan it did not carry out"
+    );
     assert_eq!(state(&aws).await, before, "dry-run changed the account");
 
     let bad = dir.path().join("bad.txt");
     std::fs::write(&bad, "SN1\nSN2\n# ok\nSN3;rm\nSN1\n").unwrap();
-    let err = sync(bad, false).run_with(&aws).await.unwrap_err();
+    let err = sync(bad, false).await.unwrap_err();
     common::assert_one_line(
         err.message(),
         &[

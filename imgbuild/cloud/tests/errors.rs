@@ -11,7 +11,7 @@ use imgbuild_cloud::{Aws, S3Location};
 
 fn options() -> UploadOptions {
     UploadOptions {
-        progress: false,
+        progress: imgbuild_progress::Reporter::none(),
         ..UploadOptions::default()
     }
 }

@@ -7,12 +7,12 @@ mod opskit;
 
 use common::Moto;
 use imgbuild_cloud::allowlist::Allowlist;
-use imgbuild_cloud::cli::{CloudCommand, DevicesCommand};
 use imgbuild_cloud::devices::{
-    apply_sync, approve, devices_table, list_devices, plan_sync, Approval, Guards, SyncRequest,
-    REMOVAL_ATTRIBUTE, REMOVAL_CERTS_ATTRIBUTE,
+    apply_sync, approve, devices_table, list_devices, plan_sync, sync, Approval, Guards, SyncArgs,
+    SyncOutcome, SyncRequest, REMOVAL_ATTRIBUTE, REMOVAL_CERTS_ATTRIBUTE,
 };
 use imgbuild_cloud::Aws;
+use imgbuild_cloud::{CloudError, Result};
 use opskit::{device, device_policy, group, shim_post, state, DEVICE_POLICY};
 
 /// Group "Fleet": SN1, SN2 (listed), SN3, SN4, SN5 (not listed; SN3 a core device);
@@ -30,16 +30,20 @@ async fn seed(moto: &Moto, aws: &Aws) -> String {
     sn3
 }
 
-fn sync_cmd(allowlist: std::path::PathBuf, max_removals: usize, yes: bool) -> CloudCommand {
-    CloudCommand::Devices(DevicesCommand::Sync {
+/// `devices sync` as the CLI runs it, with no operator to confirm (a confirmation fails).
+async fn run_sync(aws: &Aws, args: SyncArgs<'_>) -> Result<SyncOutcome> {
+    let no_operator = |_: &_| Err(CloudError::msg("test: nobody to confirm"));
+    sync(aws, &args, |_| {}, no_operator).await
+}
+
+/// `devices sync --thing-group Fleet --device-policy DEVICE_POLICY` of `allowlist`.
+fn sync_args(allowlist: &std::path::Path, max_removals: usize, yes: bool) -> SyncArgs<'_> {
+    SyncArgs {
         allowlist,
-        thing_group: "Fleet".to_owned(),
-        thing_prefix: String::new(),
-        device_policy: Some(DEVICE_POLICY.to_owned()),
+        request: request(),
         dry_run: false,
-        max_removals,
-        yes,
-    })
+        guards: Guards { max_removals, yes },
+    }
 }
 
 fn request() -> SyncRequest<'static> {
@@ -64,7 +68,9 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let err = sync_cmd(path, 100, true).run_with(&aws).await.unwrap_err();
+        let err = run_sync(&aws, sync_args(&path, 100, true))
+            .await
+            .unwrap_err();
         common::assert_one_line(
             err.message(),
             &[name, "lists no serial numbers", "thing group Fleet"],
@@ -75,10 +81,7 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
     // SN1 and SN2 listed: SN3, SN4, SN5 would go, one more than allowed.
     let list = dir.path().join("allowlist.txt");
     std::fs::write(&list, "SN1\nSN2\n").unwrap();
-    let err = sync_cmd(list.clone(), 2, true)
-        .run_with(&aws)
-        .await
-        .unwrap_err();
+    let err = run_sync(&aws, sync_args(&list, 2, true)).await.unwrap_err();
     common::assert_one_line(
         err.message(),
         &[
@@ -121,10 +124,19 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
         .unwrap(),
         Approval::Proceed
     );
+    // sync() hands such a plan to its confirmation; a refusal there changes nothing.
+    let err = run_sync(&aws, sync_args(&list, 5, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "test: nobody to confirm");
     assert_eq!(state(&aws).await, before);
 
     // With the limit raised and --yes, the same plan runs.
-    sync_cmd(list, 3, true).run_with(&aws).await.unwrap();
+    let done = run_sync(&aws, sync_args(&list, 3, true)).await.unwrap();
+    assert!(
+        matches!(&done, SyncOutcome::Applied(r) if r.things_deleted == 3),
+        "{done:?}"
+    );
     let after = state(&aws).await;
     assert_eq!(after.groups["Fleet"], ["SN1", "SN2"]);
     assert!(!after.things.contains_key("SN3") && !after.core_devices.contains_key("SN3"));
@@ -181,16 +193,20 @@ async fn a_dynamic_thing_group_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("allowlist.txt");
     std::fs::write(&list, "SN1\n").unwrap();
-    let cmd = CloudCommand::Devices(DevicesCommand::Sync {
-        allowlist: list,
-        thing_group: "Dyn".to_owned(),
-        thing_prefix: String::new(),
-        device_policy: None,
+    let args = SyncArgs {
+        allowlist: &list,
+        request: SyncRequest {
+            thing_group: "Dyn",
+            thing_prefix: "",
+            device_policy: None,
+        },
         dry_run: false,
-        max_removals: 5,
-        yes: true,
-    });
-    let err = cmd.run_with(&aws).await.unwrap_err();
+        guards: Guards {
+            max_removals: 5,
+            yes: true,
+        },
+    };
+    let err = run_sync(&aws, args).await.unwrap_err();
     common::assert_one_line(
         err.message(),
         &["thing group Dyn is a dynamic thing group", "thingName:SN*"],

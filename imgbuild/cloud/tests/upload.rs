@@ -57,7 +57,7 @@ fn sha256_of(path: &Path) -> String {
 fn quiet(jobs: usize) -> UploadOptions {
     UploadOptions {
         jobs,
-        progress: false,
+        progress: imgbuild_progress::Reporter::none(),
         ..UploadOptions::default()
     }
 }

@@ -73,15 +73,17 @@ pub struct Target<'a> {
 
 /// Executes `ops` in order on the image.
 pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
-    let root = Ext4::open(t.image, t.root.offset, t.epoch).map_err(ext4_err)?;
+    let root = Ext4::open(t.image, t.root.offset, t.epoch)?;
     let boot = FatFs::open(t.image, t.boot.offset, t.boot.size, t.epoch)?;
     let mut w = Writer {
         root,
         boot,
         written: Vec::new(),
     };
-    for op in ops {
-        w.execute(op)?;
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = w.execute(op) {
+            return Err(root_full(e, op, &ops[i + 1..], w.root.block_size()));
+        }
     }
     let Writer {
         root,
@@ -94,8 +96,44 @@ pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
     Ok(Applied { written, dirty })
 }
 
-fn ext4_err(e: imgbuild_ext2fs::Error) -> Error {
-    Error::msg(format!("root file system: {e}"))
+/// Turns running out of space on the root file system into [`Error::RootFull`], with an
+/// estimate of the bytes still missing for `op` and the writes after it (`rest`); other errors
+/// are returned as they are.
+fn root_full(e: Error, op: &Op, rest: &[Op], block_size: u64) -> Error {
+    let Error::Ext4(cause) = e.root_cause() else {
+        return e;
+    };
+    let imgbuild_ext2fs::ErrorKind::NoSpace {
+        needed_bytes,
+        free_bytes,
+    } = *cause.kind()
+    else {
+        return e;
+    };
+    let blocks = |len: u64| len.div_ceil(block_size).max(1) * block_size;
+    let later: u64 = rest
+        .iter()
+        .map(|o| match &o.write {
+            Write::RootFile { data, .. } => blocks(data.len() as u64),
+            Write::RootDir { .. } | Write::RootSymlink { .. } => block_size,
+            Write::BootFile { .. } => 0,
+        })
+        .sum();
+    let path = match &op.write {
+        Write::RootFile { path, .. }
+        | Write::RootDir { path, .. }
+        | Write::RootSymlink { path, .. }
+        | Write::BootFile { path, .. } => path,
+    };
+    Error::RootFull {
+        writing: match op.origin.contains(path.as_str()) {
+            true => op.origin.clone(),
+            false => format!("{path} for {}", op.origin),
+        },
+        more_bytes: (needed_bytes + later)
+            .saturating_sub(free_bytes)
+            .max(1 << 20),
+    }
 }
 
 struct Writer {
@@ -133,7 +171,7 @@ impl Writer {
             } => {
                 let meta = self.meta(*owned);
                 self.ensure_parent(path)?;
-                self.root.symlink(path, target, &meta).map_err(ext4_err)?;
+                self.root.symlink(path, target, &meta)?;
                 self.record_root(
                     path,
                     "symlink",
@@ -157,10 +195,10 @@ impl Writer {
                 if !reset {
                     return Ok(());
                 }
-                self.root.set_meta(path, &meta).map_err(ext4_err)?;
+                self.root.set_meta(path, &meta)?;
             }
             Some(_) => crate::bail!("{origin}: {path} exists in the image and is not a directory"),
-            None => self.root.mkdir_p_as(path, &meta).map_err(ext4_err)?,
+            None => self.root.mkdir_p_as(path, &meta)?,
         }
         self.record_root(path, "dir", 0, None, None, meta, origin);
         Ok(())
@@ -176,7 +214,7 @@ impl Writer {
             Some(_) => crate::bail!("root file system: {parent} exists and is not a directory"),
             None => {
                 let meta = self.meta(Owned::root(0o755));
-                self.root.mkdir_p_as(parent, &meta).map_err(ext4_err)
+                self.root.mkdir_p_as(parent, &meta).map_err(Error::from)
             }
         }
     }
@@ -186,11 +224,9 @@ impl Writer {
         if self.root.kind(path)? == Some(Kind::Dir) {
             crate::bail!("{origin}: {path} is a directory in the image, not a file");
         }
-        self.root.write_file_as(path, data, &meta).map_err(|e| {
-            Error::msg(format!(
-                "{origin}: writing {path} to the root file system: {e}"
-            ))
-        })?;
+        self.root
+            .write_file_as(path, data, &meta)
+            .map_err(|e| Error::from(e).context(format_args!("{origin}: writing {path}")))?;
         let sha = hex::encode(Sha256::digest(data));
         self.record_root(
             path,

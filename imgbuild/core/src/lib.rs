@@ -21,6 +21,7 @@ pub mod crashpoint;
 pub mod disk;
 pub mod error;
 pub mod fs;
+pub mod grow;
 pub mod inspect;
 pub mod pack;
 pub mod payload;

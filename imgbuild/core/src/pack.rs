@@ -102,7 +102,7 @@ pub fn write_image(
                 None => (None, None),
             };
             let stats = imgbuild_pack::compress_xz(raw, &mut out, &opts, cache, dirty)
-                .map_err(|e| Error::msg(format!("compressing {}: {e}", raw.display())))?;
+                .context(|| format!("compressing {}", raw.display()))?;
             tracing::info!(
                 chunks = stats.chunks,
                 compressed = stats.compressed_chunks,
@@ -167,7 +167,7 @@ impl Incremental {
             Some(i) => i,
             None => {
                 let i = imgbuild_pack::ChunkIndex::compute(raw, size)
-                    .map_err(|e| Error::msg(format!("hashing {}: {e}", raw.display())))?;
+                    .context(|| format!("hashing {}", raw.display()))?;
                 if let Err(e) = cache.store_index(&key, &i) {
                     tracing::warn!("chunk index not stored: {e}");
                 }
@@ -202,7 +202,7 @@ pub fn sha256sum_line(sha: &str, file_name: &str) -> String {
 pub fn hash_file(path: &Path) -> Result<String> {
     imgbuild_pack::file_sha256(path)
         .map(hex::encode)
-        .map_err(|e| Error::msg(e.to_string()))
+        .map_err(Error::from)
 }
 
 /// sha256 of a local base image, remembered in `cache` (when given) by the file's identity:

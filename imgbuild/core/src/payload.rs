@@ -10,38 +10,37 @@
 
 use crate::board::Board;
 use crate::config::OwnerSpec;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::plan::Plan;
 use imgbuild_greengrass::{GreengrassConfig, PayloadContents};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Where first boot's scripts live in the image.
-pub const FIRSTBOOT_DIR: &str = "/usr/local/lib/imgbuild/firstboot";
-/// The first-boot unit.
-pub const FIRSTBOOT_UNIT: &str = "imgbuild-firstboot.service";
-/// Directory of pre-seeded downloads in the image.
-pub const PRESEED_DIR: &str = "/var/lib/imgbuild/preseed";
+use imgbuild_greengrass::contract::{
+    preseed_name, FIRSTBOOT_UNIT_PATH, PRESEED_DEBS_DIR, PRESEED_NUCLEUS_NAME, PRESEED_PLUGIN_NAME,
+};
+pub use imgbuild_greengrass::contract::{FIRSTBOOT_DIR, FIRSTBOOT_UNIT, PRESEED_DIR};
 
-/// `(path in the image, mode, contents)` of the first-boot files.
+/// `(path under FIRSTBOOT_DIR or absolute path, mode, contents)` of the first-boot files;
+/// `lib/contract.sh` is generated ([`imgbuild_greengrass::contract::contract_sh`]).
 const FIRSTBOOT_FILES: &[(&str, u32, &str)] = &[
     (
-        "/usr/local/lib/imgbuild/firstboot/imgbuild-firstboot",
+        "imgbuild-firstboot",
         0o755,
         include_str!("../../../firstboot/imgbuild-firstboot"),
     ),
     (
-        "/usr/local/lib/imgbuild/firstboot/lib/common.sh",
+        "lib/common.sh",
         0o644,
         include_str!("../../../firstboot/lib/common.sh"),
     ),
     (
-        "/usr/local/lib/imgbuild/firstboot/lib/steps.sh",
+        "lib/steps.sh",
         0o644,
         include_str!("../../../firstboot/lib/steps.sh"),
     ),
     (
-        "/etc/systemd/system/imgbuild-firstboot.service",
+        FIRSTBOOT_UNIT_PATH,
         0o644,
         include_str!("../../../firstboot/imgbuild-firstboot.service"),
     ),
@@ -69,10 +68,8 @@ pub fn add_greengrass(
     epoch: i64,
     preseed: &Preseed,
 ) -> Result<Vec<String>> {
-    let gg_err = |e: imgbuild_greengrass::GgError| Error::msg(e.to_string());
-    imgbuild_greengrass::validate(gg).map_err(gg_err)?;
-    let (claim, warnings) =
-        imgbuild_greengrass::load_claim(gg, config_dir, SystemTime::now()).map_err(gg_err)?;
+    imgbuild_greengrass::validate(gg)?;
+    let (claim, warnings) = imgbuild_greengrass::load_claim(gg, config_dir, SystemTime::now())?;
     let origin = "[greengrass]";
     for d in ["/greengrass", imgbuild_greengrass::GG_ROOT] {
         plan.entries.push(crate::plan::Entry {
@@ -84,9 +81,7 @@ pub fn add_greengrass(
         });
     }
     let plugin_config = plugin_config(gg, &plan.templates_dir)?;
-    for f in
-        imgbuild_greengrass::payload_files_with_config(gg, &claim, plugin_config).map_err(gg_err)?
-    {
+    for f in imgbuild_greengrass::payload_files_with_config(gg, &claim, plugin_config)? {
         let mut data = match &f.contents {
             PayloadContents::Public(b) => b.clone(),
             PayloadContents::Secret(s) => s.expose_secret().to_vec(),
@@ -96,9 +91,16 @@ pub fn add_greengrass(
         }
         plan.file(f.path, data, f.mode, OwnerSpec::root(), origin);
     }
-    for (path, mode, text) in FIRSTBOOT_FILES {
+    let contract = imgbuild_greengrass::contract::contract_sh();
+    let generated = [("lib/contract.sh", 0o644, contract.as_str())];
+    for (path, mode, text) in FIRSTBOOT_FILES.iter().chain(&generated) {
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("{FIRSTBOOT_DIR}/{path}")
+        };
         plan.file(
-            path,
+            &path,
             text.as_bytes().to_vec(),
             *mode,
             OwnerSpec::root(),
@@ -156,20 +158,19 @@ fn plugin_config(gg: &GreengrassConfig, templates_dir: &Path) -> Result<String> 
 
 fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()> {
     let read = |path: &Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::msg(format!("--preseed: reading {}: {e}", path.display())))
+        std::fs::read(path).context(|| format!("--preseed: reading {}", path.display()))
     };
     if let Some(n) = &p.nucleus {
         let dst = format!(
-            "{PRESEED_DIR}/greengrass-nucleus-{}.zip",
-            gg.nucleus_version
+            "{PRESEED_DIR}/{}",
+            preseed_name(PRESEED_NUCLEUS_NAME, &gg.nucleus_version)
         );
         plan.file(&dst, read(n)?, 0o644, OwnerSpec::root(), "--preseed");
     }
     if let Some(j) = &p.plugin {
         let dst = format!(
-            "{PRESEED_DIR}/fleetprovisioningbyclaim-{}.jar",
-            gg.plugin_version
+            "{PRESEED_DIR}/{}",
+            preseed_name(PRESEED_PLUGIN_NAME, &gg.plugin_version)
         );
         plan.file(&dst, read(j)?, 0o644, OwnerSpec::root(), "--preseed");
     }
@@ -179,7 +180,7 @@ fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         plan.file(
-            &format!("{PRESEED_DIR}/debs/{name}"),
+            &format!("{PRESEED_DEBS_DIR}/{name}"),
             read(deb)?,
             0o644,
             OwnerSpec::root(),
@@ -190,17 +191,17 @@ fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()
 }
 
 /// Downloads (or takes from the cache) the pinned nucleus zip and plugin jar for `--preseed`,
-/// each verified against its pinned sha256.
+/// each verified against its pinned sha256; `progress` receives the downloads' progress.
 pub fn fetch_greengrass_artifacts(
     gg: &GreengrassConfig,
     cache_dir: &Path,
     offline: bool,
-    progress: bool,
+    progress: &imgbuild_progress::Reporter,
 ) -> Result<Preseed> {
     use imgbuild_greengrass::Artifact;
     let mut opts = imgbuild_fetch::Options::new(cache_dir);
     opts.offline = offline;
-    opts.progress = progress;
+    opts.progress = progress.clone();
     let get = |a: Artifact| -> Result<PathBuf> {
         let sha = gg.sha256(a).map_err(|e| Error::msg(e.to_string()))?;
         let src = imgbuild_fetch::Source {
@@ -209,8 +210,7 @@ pub fn fetch_greengrass_artifacts(
             sha512: None,
             signature: None,
         };
-        let got = imgbuild_fetch::fetch(&src, &opts)
-            .map_err(|e| Error::msg(format!("--preseed: {e}")))?;
+        let got = imgbuild_fetch::fetch(&src, &opts).context(|| "--preseed")?;
         Ok(got.path)
     };
     Ok(Preseed {

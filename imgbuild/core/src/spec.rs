@@ -40,8 +40,6 @@ pub struct BuildOptions {
     pub epoch: Option<i64>,
     /// The user's umask as returned by [`crate::secrets::private_umask`].
     pub umask: u32,
-    /// Draw download progress bars (stderr is a terminal).
-    pub tty: bool,
 }
 
 /// Everything a build needs, resolved once (see the module documentation).
@@ -73,6 +71,8 @@ pub struct BuildSpec {
     pub epoch: i64,
     /// The user's umask: outputs of an image without secrets get `0666 & !umask`.
     pub umask: u32,
+    /// `[image]`: how to grow the image, if at all.
+    pub growth: Option<crate::config::Growth>,
     /// Warnings for the user (e.g. a claim certificate that expires soon).
     pub warnings: Vec<String>,
 }
@@ -104,15 +104,19 @@ impl BuildSpec {
             Err(e) => Err(Error::msg(e.message())),
         };
 
+        let growth = config.growth()?;
         let mut plan = plan::make(&config, &config_dir)?;
         let mut warnings = Vec::new();
         let mut preseed_debs = None;
         match (&config.greengrass, opts.preseed) {
             (Some(gg), preseed) => {
                 let artifacts = match preseed {
-                    true => {
-                        payload::fetch_greengrass_artifacts(gg, &need_cache()?, offline, opts.tty)?
-                    }
+                    true => payload::fetch_greengrass_artifacts(
+                        gg,
+                        &need_cache()?,
+                        offline,
+                        &opts.base.progress,
+                    )?,
                     false => payload::Preseed::default(),
                 };
                 warnings =
@@ -135,7 +139,6 @@ impl BuildSpec {
         }
         let base_req = BaseRequest {
             cache_dir: cache_dir.clone(),
-            progress: opts.tty,
             boards_dir: opts.boards_dir.clone(),
             ..opts.base.clone()
         };
@@ -167,6 +170,7 @@ impl BuildSpec {
             compress: opts.compress,
             epoch,
             umask: opts.umask,
+            growth,
             warnings,
         })
     }

@@ -122,7 +122,7 @@ pub struct Probe {
 impl Probe {
     /// Opens the root (ext4) and boot (FAT) file systems of `image` for reading.
     pub fn open(image: &Path, root_offset: u64, boot_offset: u64, boot_size: u64) -> Result<Probe> {
-        let root = Fs::open(image, root_offset, false).map_err(ext4_err)?;
+        let root = Fs::open(image, root_offset, false)?;
         let boot = FatFs::open(image, boot_offset, boot_size, 0)?;
         Ok(Probe { root, boot })
     }
@@ -130,10 +130,10 @@ impl Probe {
 
 impl ImageView for Probe {
     fn root_stat(&self, path: &str) -> Result<Option<imgbuild_ext2fs::Stat>> {
-        self.root.stat(path).map_err(ext4_err)
+        self.root.stat(path).map_err(Error::from)
     }
     fn root_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match self.root.stat(path).map_err(ext4_err)? {
+        match self.root.stat(path)? {
             Some(s) if s.kind == FileKind::Regular || s.kind == FileKind::Symlink => {
                 match self.root.read_file(path) {
                     Ok(data) => Ok(Some(data)),
@@ -141,28 +141,24 @@ impl ImageView for Probe {
                         tracing::debug!(path, error = %e, "symlink is not a readable file");
                         Ok(None)
                     }
-                    Err(e) => Err(ext4_err(e)),
+                    Err(e) => Err(e.into()),
                 }
             }
             _ => Ok(None),
         }
     }
     fn root_link(&self, path: &str) -> Result<String> {
-        self.root.read_link(path).map_err(ext4_err)
+        self.root.read_link(path).map_err(Error::from)
     }
     fn root_dir(&self, path: &str) -> Result<Vec<String>> {
-        match self.root.stat(path).map_err(ext4_err)? {
-            Some(_) => self.root.read_dir(path).map_err(ext4_err),
+        match self.root.stat(path)? {
+            Some(_) => self.root.read_dir(path).map_err(Error::from),
             None => Ok(Vec::new()),
         }
     }
     fn boot_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
         self.boot.read_file(path)
     }
-}
-
-fn ext4_err(e: imgbuild_ext2fs::Error) -> Error {
-    Error::msg(format!("root file system: {e}"))
 }
 
 /// Turns `plan` into the writes that carry it out on `image` (see the module documentation);

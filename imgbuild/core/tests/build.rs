@@ -84,7 +84,6 @@ fn options(dir: &Path, config: PathBuf, base: &Path) -> BuildOptions {
         compress: Compress::None,
         epoch: Some(1_700_000_000),
         umask: 0o022,
-        tty: false,
     }
 }
 

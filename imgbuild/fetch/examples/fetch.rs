@@ -1,5 +1,6 @@
 //! Manual check: `cargo run -p imgbuild-fetch --example fetch -- URL SHA256 CACHE_DIR`
-//! downloads (with the progress bar when stderr is a terminal) and prints the cached path.
+//! downloads (no progress shown: the library only reports it, to an `Options::progress` the caller
+//! supplies) and prints the cached path.
 
 use std::process::ExitCode;
 

@@ -1,12 +1,12 @@
 //! HTTP transfers: streaming to a `.part` file with the sha256 computed on the way, resuming with
-//! `Range`, bounded retries with exponential backoff, timeouts and an optional progress bar.
+//! `Range`, bounded retries with exponential backoff, timeouts and progress reports.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use imgbuild_progress::{Progress, Reporter};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256, Sha512};
@@ -57,7 +57,7 @@ pub(crate) struct Http {
     client: reqwest::Client,
     retries: u32,
     backoff: Duration,
-    progress: bool,
+    progress: Reporter,
 }
 
 impl Http {
@@ -91,7 +91,7 @@ impl Http {
             client,
             retries: opts.retries,
             backoff: opts.backoff,
-            progress: opts.progress,
+            progress: opts.progress.clone(),
         })
     }
 
@@ -115,12 +115,19 @@ impl Http {
     ) -> Result<Digests, FetchError> {
         let parsed = parse_url(url)?;
         let mut partial = Partial::open(part, resume)?;
-        let bar = self.progress_bar(label);
+        let progress = Stage {
+            progress: &*self.progress,
+            label,
+        };
         let result = self.with_retries(url, || {
-            self.runtime
-                .block_on(transfer(&self.client, parsed.clone(), &mut partial, &bar))
+            self.runtime.block_on(transfer(
+                &self.client,
+                parsed.clone(),
+                &mut partial,
+                &progress,
+            ))
         });
-        bar.finish_and_clear();
+        self.progress.finish();
         result?;
         partial.finish()
     }
@@ -150,22 +157,13 @@ impl Http {
             }
         }
     }
+}
 
-    /// A bar with bytes, rate and ETA on stderr, or a hidden one unless progress was asked for
-    /// and stderr is a terminal.
-    fn progress_bar(&self, label: &str) -> ProgressBar {
-        if !self.progress || !std::io::stderr().is_terminal() {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(label.to_string());
-        bar
-    }
+/// The progress stage of one download: started again by each attempt, with the total once the
+/// server names it.
+struct Stage<'a> {
+    progress: &'a dyn Progress,
+    label: &'a str,
 }
 
 /// The sha256 and sha512 of a downloaded file (lowercase hex), both computed while it streams.
@@ -251,7 +249,7 @@ async fn transfer(
     client: &reqwest::Client,
     url: reqwest::Url,
     partial: &mut Partial,
-    bar: &ProgressBar,
+    progress: &Stage<'_>,
 ) -> Result<(), Failure> {
     let offset = partial.len;
     let mut request = client.get(url.clone());
@@ -289,13 +287,14 @@ async fn transfer(
         }
         _ => return Err(status_failure(&url, status)),
     }
-    if let Some(rest) = response.content_length() {
-        bar.set_length(partial.len + rest);
-    }
-    bar.set_position(partial.len);
+    let total = response
+        .content_length()
+        .map_or(0, |rest| partial.len + rest);
+    progress.progress.start(progress.label, total);
+    progress.progress.set(partial.len);
     while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e))? {
         partial.append(&chunk)?;
-        bar.inc(chunk.len() as u64);
+        progress.progress.set(partial.len);
     }
     Ok(())
 }

@@ -82,8 +82,8 @@ pub struct Options {
     /// Allow a source without a sha256 and skip signature checks (a pinned sha256 is still
     /// checked). The caller should record that this was used.
     pub insecure_no_verify: bool,
-    /// Show a progress bar on stderr (only when stderr is a terminal).
-    pub progress: bool,
+    /// Receives the download's progress (stage: the file name); shows nothing by default.
+    pub progress: imgbuild_progress::Reporter,
     /// How many times a failed attempt is retried (so at most `retries + 1` attempts).
     pub retries: u32,
     /// The pause before the first retry; doubled for each further one, at most 30 s.
@@ -95,14 +95,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// Defaults: online, verifying, progress on, 5 retries from 1 s, connect timeout 30 s,
+    /// Defaults: online, verifying, no progress reports, 5 retries from 1 s, connect timeout 30 s,
     /// read timeout 60 s.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Options {
         Options {
             cache_dir: cache_dir.into(),
             offline: false,
             insecure_no_verify: false,
-            progress: true,
+            progress: imgbuild_progress::Reporter::none(),
             retries: 5,
             backoff: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(30),

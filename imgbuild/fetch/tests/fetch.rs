@@ -120,6 +120,60 @@ fn interrupted_transfer_resumes_with_range() {
     s.assert_one_good_entry();
 }
 
+/// Records the calls a download makes to its progress reporter.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(String, u64)>>);
+
+impl imgbuild_progress::Progress for Recorder {
+    fn start(&self, stage: &str, total: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((format!("start {stage}"), total));
+    }
+    fn set(&self, pos: u64) {
+        self.0.lock().unwrap().push(("set".to_owned(), pos));
+    }
+    fn finish(&self) {
+        self.0.lock().unwrap().push(("finish".to_owned(), 0));
+    }
+}
+
+#[test]
+fn an_interrupted_download_reports_its_progress_to_the_reporter_only() {
+    let s = setup(13);
+    let cut = 1024 * 1024 + 7;
+    s.server.script([Act::Cut(cut)]);
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let mut opts = options(&s.cache_dir());
+    opts.progress = imgbuild_progress::Reporter::shared(recorder.clone());
+    fetch(&s.source(), &opts).unwrap();
+    let calls = recorder.0.lock().unwrap().clone();
+    let len = LEN as u64;
+    // Each attempt starts the stage with the whole file's size (the second from the server's
+    // 206 answer) and its position so far; the bytes are reported up to the end, then finish.
+    let starts: Vec<usize> = (0..calls.len())
+        .filter(|&i| calls[i].0.starts_with("start"))
+        .collect();
+    assert_eq!(starts.len(), 2, "{calls:?}");
+    for &i in &starts {
+        assert_eq!(calls[i], ("start base.img.xz".to_owned(), len), "{calls:?}");
+    }
+    assert_eq!(calls[starts[0] + 1], ("set".to_owned(), 0));
+    assert_eq!(calls[starts[1] + 1], ("set".to_owned(), cut));
+    let sets_before_cut: Vec<u64> = calls[starts[0] + 1..starts[1]]
+        .iter()
+        .map(|(k, p)| {
+            assert_eq!(k, "set");
+            *p
+        })
+        .collect();
+    assert!(sets_before_cut.windows(2).all(|w| w[0] <= w[1]));
+    assert!(sets_before_cut.last().is_some_and(|&p| p <= cut));
+    assert_eq!(calls[calls.len() - 2], ("set".to_owned(), len));
+    assert_eq!(calls[calls.len() - 1], ("finish".to_owned(), 0));
+}
+
 #[test]
 fn partial_file_from_an_earlier_run_is_resumed() {
     let s = setup(4);

@@ -17,8 +17,7 @@ pub const DEFAULT_JAVA_PACKAGE: &str = "openjdk-17-jre-headless";
 /// MQTT port of the fleet provisioning plugin when `mqtt_port` is not set (the plugin's documented default).
 pub const DEFAULT_MQTT_PORT: u16 = 8883;
 
-/// Base URL of the AWS IoT Greengrass release downloads.
-pub const RELEASES_URL: &str = "https://d2s8p88vqu9w66.cloudfront.net/releases";
+pub use crate::contract::RELEASES_URL;
 
 /// Published sha256 digests of release artifacts that imgbuild knows without being told.
 ///

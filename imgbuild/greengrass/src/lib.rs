@@ -13,6 +13,7 @@
 
 mod claim;
 mod config;
+pub mod contract;
 mod error;
 mod render;
 mod rootca;

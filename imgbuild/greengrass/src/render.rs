@@ -7,18 +7,10 @@ use crate::config::{Artifact, GreengrassConfig};
 use crate::error::{gg_bail, GgError, Result};
 use crate::rootca::root_ca_path;
 
-/// Greengrass root folder on the device.
-pub const GG_ROOT: &str = "/greengrass/v2";
-/// Claim certificate on the device (mode 0644).
-pub const CLAIM_CERT_PATH: &str = "/greengrass/v2/claim.pem.crt";
-/// Claim private key on the device (mode 0600, root).
-pub const CLAIM_KEY_PATH: &str = "/greengrass/v2/claim.private.pem.key";
-/// The rendered plugin config with the serial placeholder, read by first boot (mode 0600, root).
-pub const PLUGIN_CONFIG_TEMPLATE_PATH: &str = "/etc/imgbuild/greengrass-config.yaml.in";
-/// The first-boot settings (`KEY=VALUE`, sourced by bash; mode 0600, root).
-pub const FIRSTBOOT_ENV_PATH: &str = "/etc/imgbuild/firstboot.env";
-/// The placeholder first boot replaces with the device's serial number.
-pub const SERIAL_PLACEHOLDER: &str = "@SERIAL_NUMBER@";
+pub use crate::contract::{
+    CLAIM_CERT_PATH, CLAIM_KEY_PATH, FIRSTBOOT_ENV_PATH, GG_ROOT, PLUGIN_CONFIG_TEMPLATE_PATH,
+    SERIAL_PLACEHOLDER,
+};
 
 /// The plugin config template, `templates/greengrass/fleet-provisioning.yaml.tera`.
 pub const PLUGIN_CONFIG_TEMPLATE: &str =
@@ -147,7 +139,7 @@ fn tera_error(origin: &str, doing: &str, error: &tera::Error) -> GgError {
 }
 
 /// Quotes a value for a bash-sourced `KEY=VALUE` line: bare when it is plain, else in single quotes.
-fn shell_value(value: &str) -> String {
+pub(crate) fn shell_value(value: &str) -> String {
     let plain = !value.is_empty()
         && value
             .chars()

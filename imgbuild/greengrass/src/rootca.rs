@@ -10,10 +10,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::config::GreengrassConfig;
 use crate::error::{gg_bail, GgError, Result};
 
-/// Where the shipped Amazon Root CA 1 goes on the device (mode 0644).
-pub const ROOT_CA_PATH: &str = "/greengrass/v2/AmazonRootCA1.pem";
-/// Where a `[greengrass] root_ca` file goes on the device instead (mode 0644).
-pub const CUSTOM_ROOT_CA_PATH: &str = "/greengrass/v2/rootCA.pem";
+pub use crate::contract::{CUSTOM_ROOT_CA_PATH, ROOT_CA_PATH};
 
 /// The device path of the root CA file for `cfg`: [`CUSTOM_ROOT_CA_PATH`] when `root_ca` is set, else
 /// [`ROOT_CA_PATH`]. The plugin config's `rootCaPath` and the first-boot setting `ROOT_CA_PATH` name it.

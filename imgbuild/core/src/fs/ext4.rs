@@ -1,8 +1,8 @@
 //! The ext4 side of the file-system layer: a thin adapter over [`imgbuild_ext2fs::Fs`] (opened
 //! with write tracking) that implements [`FileSystem`], and keeps what only ext4 has — modes,
 //! owners, symlinks, the full `stat` — as methods of its own. Those return the library's own
-//! [`imgbuild_ext2fs::Error`], so callers can still tell its kinds apart (a full file system
-//! above all); the trait's methods name the root file system in a pipeline error.
+//! [`imgbuild_ext2fs::Error`]; the trait's methods wrap it in [`Error::Ext4`], which keeps its
+//! kind (a full file system above all) and names the root file system.
 
 use std::path::Path;
 
@@ -22,11 +22,6 @@ impl std::fmt::Debug for Ext4 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ext4").field("epoch", &self.epoch).finish()
     }
-}
-
-/// An error of the root file system, named as such.
-fn ext4_err(e: imgbuild_ext2fs::Error) -> Error {
-    Error::msg(format!("root file system: {e}"))
 }
 
 impl Ext4 {
@@ -81,6 +76,11 @@ impl Ext4 {
         self.fs.read_link(path)
     }
 
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.fs.block_size()
+    }
+
     /// The wrapped libext2fs file system.
     pub fn inner(&self) -> &Fs {
         &self.fs
@@ -92,41 +92,41 @@ impl FileSystem for Ext4 {
         match self.fs.read_file(path) {
             Ok(data) => Ok(Some(data)),
             Err(e) if *e.kind() == imgbuild_ext2fs::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ext4_err(e)),
+            Err(e) => Err(Error::from(e)),
         }
     }
 
     fn write_file(&mut self, path: &str, data: &[u8]) -> Result<()> {
-        let meta = match self.stat(path).map_err(ext4_err)? {
+        let meta = match self.stat(path).map_err(Error::from)? {
             Some(s) if s.kind == FileKind::Regular => self.meta(s.mode & 0o7777, s.uid, s.gid),
             _ => self.meta(0o644, 0, 0),
         };
         if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
             let dir = self.meta(0o755, 0, 0);
-            self.mkdir_p_as(parent, &dir).map_err(ext4_err)?;
+            self.mkdir_p_as(parent, &dir).map_err(Error::from)?;
         }
-        self.write_file_as(path, data, &meta).map_err(ext4_err)
+        self.write_file_as(path, data, &meta).map_err(Error::from)
     }
 
     fn mkdir_p(&mut self, path: &str) -> Result<()> {
         let meta = self.meta(0o755, 0, 0);
-        self.mkdir_p_as(path, &meta).map_err(ext4_err)
+        self.mkdir_p_as(path, &meta).map_err(Error::from)
     }
 
     fn remove(&mut self, path: &str) -> Result<bool> {
         match self.fs.remove(path) {
             Ok(()) => Ok(true),
             Err(e) if *e.kind() == imgbuild_ext2fs::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(ext4_err(e)),
+            Err(e) => Err(Error::from(e)),
         }
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
-        self.fs.read_dir(dir).map_err(ext4_err)
+        self.fs.read_dir(dir).map_err(Error::from)
     }
 
     fn kind(&self, path: &str) -> Result<Option<Kind>> {
-        Ok(self.stat(path).map_err(ext4_err)?.map(|s| match s.kind {
+        Ok(self.stat(path).map_err(Error::from)?.map(|s| match s.kind {
             FileKind::Regular => Kind::File,
             FileKind::Directory => Kind::Dir,
             FileKind::Symlink => Kind::Symlink,
@@ -139,6 +139,6 @@ impl FileSystem for Ext4 {
     }
 
     fn close(self) -> Result<ByteRanges> {
-        self.fs.close_tracked().map_err(ext4_err)
+        self.fs.close_tracked().map_err(Error::from)
     }
 }

@@ -182,10 +182,9 @@ pub fn sha256sum(data: &[u8], scratch: &Path) -> String {
     hash
 }
 
-/// Options for tests: the given cache, no progress bar, quick retries, short timeouts.
+/// Options for tests: the given cache, no progress reports, quick retries, short timeouts.
 pub fn options(cache_dir: &Path) -> Options {
     let mut opts = Options::new(cache_dir);
-    opts.progress = false;
     opts.retries = 3;
     opts.backoff = Duration::from_millis(10);
     opts.connect_timeout = Duration::from_secs(5);

@@ -1,22 +1,20 @@
-//! The `imgbuild upload` and `imgbuild cloud …` command-line definitions, ready to embed in the
-//! `imgbuild` binary (`#[command(subcommand)] cloud: CloudCommand`, `Upload(UploadArgs)`).
+//! `imgbuild upload` and `imgbuild cloud …`: the clap definitions, and the dispatch that calls
+//! the `imgbuild-cloud` library and prints what it returns.
 //!
 //! Results go to stdout (one line each, or the plan); progress bars go to stderr. Each `run`
-//! builds its own tokio runtime, so the caller stays synchronous.
+//! builds its own tokio runtime ([`imgbuild_cloud::block_on`]), so the caller stays synchronous.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::allowlist::Allowlist;
-use crate::claim::{self, ClaimOutcome};
-use crate::client::Aws;
-use crate::devices::{self, SyncRequest};
-use crate::error::{CloudError, Context, Result};
-use crate::location::{parse_presign_duration, S3Location};
-use crate::upload::{self, UploadOptions, DEFAULT_JOBS};
-use crate::{deploy, fleet, provisioning};
+use imgbuild_cloud::claim::{self, ClaimOutcome};
+use imgbuild_cloud::devices::{self, SyncRequest};
+use imgbuild_cloud::error::{CloudError, Context, Result};
+use imgbuild_cloud::location::{parse_presign_duration, S3Location};
+use imgbuild_cloud::upload::{self, UploadOptions, DEFAULT_JOBS};
+use imgbuild_cloud::{block_on, buildconfig, deploy, fleet, provisioning, Aws};
 
 /// `imgbuild upload FILE… --to s3://BUCKET/PREFIX/`.
 #[derive(Args, Debug, Clone)]
@@ -36,19 +34,21 @@ pub struct UploadArgs {
 }
 
 impl UploadArgs {
-    /// Uploads and prints `s3://BUCKET/KEY sha256=… (N parts, M resumed)` and URLs.
-    pub fn run(self) -> Result<()> {
-        for line in self.upload()? {
+    /// Uploads and prints `s3://BUCKET/KEY sha256=… (N parts, M resumed)` and URLs; `progress`
+    /// receives the hashing and upload progress.
+    pub fn run(self, progress: imgbuild_progress::Reporter) -> Result<()> {
+        for line in self.upload(progress)? {
             println!("{line}");
         }
         Ok(())
     }
 
     /// Uploads and returns the report lines `run` prints.
-    pub fn upload(self) -> Result<Vec<String>> {
+    pub fn upload(self, progress: imgbuild_progress::Reporter) -> Result<Vec<String>> {
         let options = UploadOptions {
             jobs: self.jobs.max(1),
             presign: self.presign,
+            progress,
             ..UploadOptions::default()
         };
         let reports = block_on(async {
@@ -72,7 +72,7 @@ impl UploadArgs {
 pub fn check_destination(to: &S3Location) -> Result<()> {
     block_on(async {
         let aws = Aws::from_env().await?;
-        crate::objects::ensure_bucket(&aws, &to.bucket).await
+        imgbuild_cloud::objects::ensure_bucket(&aws, &to.bucket).await
     })
 }
 
@@ -426,7 +426,7 @@ async fn run_provisioning(aws: &Aws, cmd: ProvisioningCommand) -> Result<()> {
             claim_dir,
             out,
         } => {
-            for r in crate::buildconfig::write_merged(&config, &params, &claim_dir, &out)? {
+            for r in buildconfig::write_merged(&config, &params, &claim_dir, &out)? {
                 println!(
                     "[greengrass] {}: {} replaced by the published {:?}",
                     r.key, r.old, r.new
@@ -451,24 +451,26 @@ async fn run_devices(aws: &Aws, cmd: DevicesCommand) -> Result<()> {
             max_removals,
             yes,
         } => {
-            let list = Allowlist::read(&allowlist)?;
-            let req = SyncRequest {
-                thing_group: &thing_group,
-                thing_prefix: &thing_prefix,
-                device_policy: device_policy.as_deref(),
+            let args = devices::SyncArgs {
+                allowlist: &allowlist,
+                request: SyncRequest {
+                    thing_group: &thing_group,
+                    thing_prefix: &thing_prefix,
+                    device_policy: device_policy.as_deref(),
+                },
+                dry_run,
+                guards: devices::Guards { max_removals, yes },
             };
-            let plan = devices::plan_sync(aws, &list, &req)
-                .await
-                .map_err(|e| CloudError::msg(format!("{}: {e}", allowlist.display())))?;
-            println!("{plan}");
-            if dry_run || plan.is_noop() {
+            let outcome = devices::sync(
+                aws,
+                &args,
+                |plan| println!("{plan}"),
+                |plan| confirm_removals(plan.remove.len(), &thing_group),
+            )
+            .await?;
+            let devices::SyncOutcome::Applied(done) = outcome else {
                 return Ok(());
-            }
-            let guards = devices::Guards { max_removals, yes };
-            if devices::approve(&plan, guards)? == devices::Approval::Ask {
-                confirm_removals(plan.remove.len(), &thing_group)?;
-            }
-            let done = devices::apply_sync(aws, &plan).await?;
+            };
             println!(
                 "done: added to group {}, policies attached {}, things deleted {}, certificates deleted {}, \
                  core devices deleted {}",
@@ -564,7 +566,7 @@ async fn run_fleet(aws: &Aws, cmd: FleetCommand) -> Result<()> {
             println!("wrote {}", params.display());
             if let Some(out) = &out {
                 let path = |file: &str| claim_dir.join(file).display().to_string();
-                let (section, _) = crate::buildconfig::merge(
+                let (section, _) = buildconfig::merge(
                     "",
                     &out.display().to_string(),
                     &plan.params,
@@ -631,23 +633,28 @@ fn write_new_file(path: &std::path::Path, text: &str) -> Result<()> {
 // --- deploy [--wait] -----------------------------------------------------------------------
 
 async fn run_deploy(aws: &Aws, args: DeployArgs) -> Result<()> {
-    let mut components = deploy::read_components(&args.components)?;
-    for r in deploy::resolve_latest(aws, &args.thing_group, &mut components).await? {
-        println!("{} latest -> {} ({})", r.component, r.version, r.arn);
-    }
-    let d = deploy::deploy(aws, &args.thing_group, &components, args.name.as_deref()).await?;
-    println!("deployment {} to {}", d.deployment_id, d.target_arn);
-    if !args.wait {
-        return Ok(());
-    }
-    let options = deploy::WaitOptions {
-        timeout: args.timeout.unwrap_or(deploy::DEFAULT_WAIT_TIMEOUT),
-        poll_interval: args.poll_interval.unwrap_or(deploy::DEFAULT_POLL_INTERVAL),
+    let req = deploy::DeployRequest {
+        thing_group: &args.thing_group,
+        components: &args.components,
+        name: args.name.as_deref(),
+        wait: args.wait.then(|| deploy::WaitOptions {
+            timeout: args.timeout.unwrap_or(deploy::DEFAULT_WAIT_TIMEOUT),
+            poll_interval: args.poll_interval.unwrap_or(deploy::DEFAULT_POLL_INTERVAL),
+        }),
     };
-    let report = deploy::wait(aws, &args.thing_group, &d.deployment_id, options, |line| {
-        println!("  {line}")
+    let report = deploy::run(aws, &req, |event| match event {
+        deploy::DeployEvent::Resolved(r) => {
+            println!("{} latest -> {} ({})", r.component, r.version, r.arn)
+        }
+        deploy::DeployEvent::Created(d) => {
+            println!("deployment {} to {}", d.deployment_id, d.target_arn)
+        }
+        deploy::DeployEvent::Device(line) => println!("  {line}"),
     })
     .await?;
+    let Some(report) = report else {
+        return Ok(());
+    };
     println!("{}", report.summary());
     report.into_result().map(|_| ())
 }
@@ -656,18 +663,8 @@ fn parse_wait_duration(s: &str) -> Result<Duration, String> {
     deploy::parse_wait_duration(s).map_err(|e| e.to_string())
 }
 
-/// Runs a future to completion on a new multi-threaded tokio runtime.
-pub fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context(|| "starting the async runtime")?;
-    runtime.block_on(future)
-}
-
 fn parse_location(s: &str) -> Result<S3Location, String> {
-    s.parse()
-        .map_err(|e: crate::error::CloudError| e.to_string())
+    s.parse().map_err(|e: CloudError| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
