@@ -371,6 +371,11 @@ impl<'a> Build<'a> {
                     .map_err(|e| Error::from(e).context(format_args!("writing {bmap_name}")))
             })
         };
+        if let WorkImage::Overlay(ov) = &self.work {
+            let written = ov.written().total_bytes();
+            // The overlay file's disk use is about this (rounded to blocks); the bench reads it.
+            tracing::info!(overlay_written_bytes = written, "overlay");
+        }
         self.progress.start("compress", raw_size);
         let packed = match (self.spec.compress, &self.work) {
             (Compress::None, WorkImage::Copy(work)) => {
