@@ -505,7 +505,7 @@ async fn run_devices(aws: &Aws, cmd: DevicesCommand) -> Result<()> {
 fn confirm_removals(n: usize, group: &str) -> Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     let refused = |why: &str| {
-        CloudError::msg(format!(
+        CloudError::input(format!(
             "{why}: the plan removes {n} things from thing group {group} (revokes and deletes their \
              certificates); nothing was changed; rerun with --yes to carry it out, or --dry-run to \
              only print the plan"

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use aws_sdk_iot::types::CertificateStatus;
 
 use crate::client::Aws;
-use crate::error::{bail, error_code, Context, Result, SdkContext};
+use crate::error::{aws_bail, bail, error_code, Context, Result, SdkContext};
 use crate::location::S3Location;
 use crate::objects::{get_small_object, object_exists, put_small_object};
 
@@ -139,10 +139,10 @@ async fn create_claim(
     let (Some(arn), Some(pem), Some(keys)) =
         (out.certificate_arn, out.certificate_pem, out.key_pair)
     else {
-        bail!("IoT CreateKeysAndCertificate: the answer lacks the certificate, its ARN or the key pair");
+        aws_bail!("IoT CreateKeysAndCertificate: the answer lacks the certificate, its ARN or the key pair");
     };
     let Some(private_key) = keys.private_key else {
-        bail!("IoT CreateKeysAndCertificate: the answer lacks the private key");
+        aws_bail!("IoT CreateKeysAndCertificate: the answer lacks the private key");
     };
     attach_policy(aws, policy, &arn).await?;
     put_small_object(aws, loc, CERT_NAME, pem.into_bytes()).await?;

@@ -31,7 +31,7 @@ use aws_sdk_greengrassv2::types::{
 use serde::Deserialize;
 
 use crate::client::Aws;
-use crate::error::{bail, error_code, CloudError, Context, Result, SdkContext};
+use crate::error::{aws_bail, bail, error_code, CloudError, Context, Result, SdkContext};
 
 /// One component of `components.json`.
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub async fn deploy(
         .await
         .aws_context(|| format!("Greengrass CreateDeployment to {target_arn}"))?;
     let Some(deployment_id) = out.deployment_id else {
-        bail!("Greengrass CreateDeployment to {target_arn}: no deployment id returned");
+        aws_bail!("Greengrass CreateDeployment to {target_arn}: no deployment id returned");
     };
     Ok(Deployment {
         deployment_id,
@@ -161,7 +161,7 @@ pub async fn resolve_latest(
     let group_arn = group_arn(aws, thing_group).await?;
     let (partition, account) = match group_arn.split(':').collect::<Vec<_>>()[..] {
         ["arn", partition, _, _, account, ..] => (partition.to_owned(), account.to_owned()),
-        _ => bail!("IoT DescribeThingGroup {thing_group}: unexpected ARN {group_arn}"),
+        _ => aws_bail!("IoT DescribeThingGroup {thing_group}: unexpected ARN {group_arn}"),
     };
     let mut resolved = Vec::new();
     for (name, spec) in components.iter_mut() {
@@ -302,7 +302,7 @@ async fn group_arn(aws: &Aws, thing_group: &str) -> Result<String> {
         .aws_context(|| format!("IoT DescribeThingGroup {thing_group}"))?;
     match group.thing_group_arn {
         Some(arn) => Ok(arn),
-        None => bail!("IoT DescribeThingGroup {thing_group}: no ARN returned"),
+        None => aws_bail!("IoT DescribeThingGroup {thing_group}: no ARN returned"),
     }
 }
 
@@ -502,22 +502,20 @@ impl WaitReport {
     pub fn into_result(self) -> Result<WaitReport> {
         match self.outcome {
             Outcome::Succeeded => Ok(self),
-            Outcome::Failed => Err(CloudError::msg(format!(
+            Outcome::Failed => Err(CloudError::DeploymentFailed(format!(
                 "deployment {} failed on {}",
                 self.deployment_id,
                 self.names(Verdict::Failed).join("; ")
-            ))
-            .with_exit_code(EXIT_FAILED)),
+            ))),
             Outcome::TimedOut => {
                 let mut late = self.names(Verdict::TimedOut);
                 late.extend(self.names(Verdict::Pending));
-                Err(CloudError::msg(format!(
+                Err(CloudError::DeploymentTimedOut(format!(
                     "deployment {} did not finish in time on {} (rerun with a longer --timeout, or \
                      check that the devices are online)",
                     self.deployment_id,
                     late.join("; ")
-                ))
-                .with_exit_code(EXIT_TIMED_OUT))
+                )))
             }
         }
     }

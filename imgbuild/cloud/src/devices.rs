@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::allowlist::Allowlist;
 use crate::claim::certificate_id;
 use crate::client::Aws;
-use crate::error::{bail, error_code, CloudError, Result, SdkContext};
+use crate::error::{bail, error_code, Result, SdkContext};
 
 const NOT_FOUND: &str = "ResourceNotFoundException";
 
@@ -608,7 +608,7 @@ pub async fn sync(
     let list = Allowlist::read(args.allowlist)?;
     let plan = plan_sync(aws, &list, &args.request)
         .await
-        .map_err(|e| CloudError::msg(format!("{}: {e}", args.allowlist.display())))?;
+        .map_err(|e| e.within(args.allowlist.display()))?;
     show(&plan);
     if args.dry_run || plan.is_noop() {
         return Ok(SyncOutcome::Unchanged);

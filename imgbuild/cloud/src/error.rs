@@ -12,52 +12,131 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 /// A cloud-side error: one line naming what failed and where, and when possible what to do.
 ///
-/// Messages never contain private key material.
+/// The variant says what kind of failure it is (and which process exit status it calls for,
+/// see [`CloudError::exit_code`]); the message is always one line. Messages never contain
+/// private key material.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloudError(String, u8);
+pub enum CloudError {
+    /// An AWS call failed, or answered without what it must return. `code` is the service's
+    /// error code when it answered with one (e.g. `NoSuchBucket`, `AccessDeniedException`).
+    Aws {
+        /// The one-line message: the call, its target, the code and message, and a hint.
+        message: String,
+        /// The service's error code, if any.
+        code: Option<String>,
+    },
+    /// A local step failed: reading or writing a file, encoding JSON, the async runtime.
+    Local(String),
+    /// The input, or the state of the account or an upload, stops the command: a bad argument
+    /// or file, a guard's refusal, drift, an interrupted upload. The message says what to do.
+    Input(String),
+    /// `deploy --wait`: a device failed, rejected or canceled the deployment (exit status 3).
+    DeploymentFailed(String),
+    /// `deploy --wait`: a device had not finished when the wait ended (exit status 4).
+    DeploymentTimedOut(String),
+}
 
 /// Result alias of this crate.
 pub type Result<T, E = CloudError> = std::result::Result<T, E>;
 
+/// `message` on one line: line breaks and runs of whitespace fold to single spaces.
+fn one_line(message: impl Into<String>) -> String {
+    let message: String = message.into();
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 impl CloudError {
-    /// Makes an error from a message; line breaks and runs of whitespace fold to single spaces.
-    pub fn msg(message: impl Into<String>) -> CloudError {
-        let message: String = message.into();
-        CloudError(message.split_whitespace().collect::<Vec<_>>().join(" "), 1)
+    /// An [`CloudError::Input`] error.
+    pub fn input(message: impl Into<String>) -> CloudError {
+        CloudError::Input(one_line(message))
     }
 
-    /// The same error with another process exit status (default 1), for outcomes a script must
-    /// tell apart, such as `cloud deploy --wait`'s failed (3) and timed-out (4) deployments.
-    pub fn with_exit_code(self, code: u8) -> CloudError {
-        CloudError(self.0, code)
+    /// A [`CloudError::Local`] error.
+    pub fn local(message: impl Into<String>) -> CloudError {
+        CloudError::Local(one_line(message))
+    }
+
+    /// An [`CloudError::Aws`] error without a service error code (an answer that lacks what it
+    /// must hold, or data altered in transit).
+    pub fn aws(message: impl Into<String>) -> CloudError {
+        CloudError::Aws {
+            message: one_line(message),
+            code: None,
+        }
     }
 
     /// The message.
     pub fn message(&self) -> &str {
-        &self.0
+        match self {
+            CloudError::Aws { message, .. } => message,
+            CloudError::Local(m)
+            | CloudError::Input(m)
+            | CloudError::DeploymentFailed(m)
+            | CloudError::DeploymentTimedOut(m) => m,
+        }
     }
 
-    /// The process exit status this error calls for (1 unless set with [`CloudError::with_exit_code`]).
+    /// The service's error code of an [`CloudError::Aws`] error, if it answered with one.
+    pub fn aws_code(&self) -> Option<&str> {
+        match self {
+            CloudError::Aws { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The same kind of error with its message rewritten by `f` (e.g. to say where it happened).
+    pub fn map_message(self, f: impl FnOnce(&str) -> String) -> CloudError {
+        match self {
+            CloudError::Aws { message, code } => CloudError::Aws {
+                message: one_line(f(&message)),
+                code,
+            },
+            CloudError::Local(m) => CloudError::Local(one_line(f(&m))),
+            CloudError::Input(m) => CloudError::Input(one_line(f(&m))),
+            CloudError::DeploymentFailed(m) => CloudError::DeploymentFailed(one_line(f(&m))),
+            CloudError::DeploymentTimedOut(m) => CloudError::DeploymentTimedOut(one_line(f(&m))),
+        }
+    }
+
+    /// The same error prefixed with `place` (`"{place}: {message}"`).
+    pub fn within(self, place: impl fmt::Display) -> CloudError {
+        self.map_message(|m| format!("{place}: {m}"))
+    }
+
+    /// The process exit status this error calls for: 3 for [`CloudError::DeploymentFailed`], 4
+    /// for [`CloudError::DeploymentTimedOut`], 1 otherwise.
     pub fn exit_code(&self) -> u8 {
-        self.1
+        match self {
+            CloudError::DeploymentFailed(_) => crate::deploy::EXIT_FAILED,
+            CloudError::DeploymentTimedOut(_) => crate::deploy::EXIT_TIMED_OUT,
+            _ => 1,
+        }
     }
 }
 
 impl fmt::Display for CloudError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.message())
     }
 }
 
 impl StdError for CloudError {}
 
-/// Returns early with a [`CloudError`] built from a format string.
+/// Returns early with a [`CloudError::Input`] built from a format string.
 macro_rules! bail {
-    ($($arg:tt)*) => { return Err($crate::error::CloudError::msg(format!($($arg)*))) };
+    ($($arg:tt)*) => { return Err($crate::error::CloudError::input(format!($($arg)*))) };
 }
 pub(crate) use bail;
 
-/// Adds "what was being done" to a non-SDK error (I/O, JSON, ...), as `"{what}: {cause}"`.
+/// Returns early with a [`CloudError::Aws`] (no service code) built from a format string: an
+/// AWS answer that lacks what it must hold.
+macro_rules! aws_bail {
+    ($($arg:tt)*) => { return Err($crate::error::CloudError::aws(format!($($arg)*))) };
+}
+pub(crate) use aws_bail;
+
+/// Adds "what was being done" to a local, non-SDK error (I/O, JSON, a task), as a
+/// [`CloudError::Local`] `"{what}: {cause}"`.
 pub trait Context<T> {
     /// Wraps the error; `what` is computed only on failure.
     fn context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
@@ -65,13 +144,13 @@ pub trait Context<T> {
 
 impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     fn context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
-        self.map_err(|e| CloudError::msg(format!("{}: {e}", what())))
+        self.map_err(|e| CloudError::local(format!("{}: {e}", what())))
     }
 }
 
-/// Turns an AWS SDK error into a one-line [`CloudError`] prefixed with what was being done.
+/// Turns an AWS SDK error into a one-line [`CloudError::Aws`] prefixed with what was being done.
 pub(crate) trait SdkContext<T> {
-    /// Wraps the SDK error as `"{what}: {code}: {message} ({hint})"`.
+    /// Wraps the SDK error as `"{what}: {code}: {message} ({hint})"`, keeping the code.
     fn aws_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
 }
 
@@ -80,7 +159,10 @@ where
     E: ProvideErrorMetadata + StdError + 'static,
 {
     fn aws_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
-        self.map_err(|e| CloudError::msg(format!("{}: {}", what(), describe_sdk_error(&e))))
+        self.map_err(|e| CloudError::Aws {
+            message: one_line(format!("{}: {}", what(), describe_sdk_error(&e))),
+            code: error_code(&e).map(str::to_owned),
+        })
     }
 }
 
@@ -204,5 +286,42 @@ fn hint_for<E, R>(code: Option<&str>, err: &SdkError<E, R>) -> Option<&'static s
             SdkError::ConstructionFailure(_) => Some(CREDENTIALS_HINT),
             _ => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_keep_their_kind_code_and_exit_status_through_rewording() {
+        let aws = CloudError::Aws {
+            message: "S3 bucket b: NoSuchBucket: gone".to_owned(),
+            code: Some("NoSuchBucket".to_owned()),
+        };
+        let placed = aws.within("allowlist.txt");
+        assert_eq!(
+            placed.message(),
+            "allowlist.txt: S3 bucket b: NoSuchBucket: gone"
+        );
+        assert_eq!(placed.aws_code(), Some("NoSuchBucket"));
+        assert_eq!(placed.exit_code(), 1);
+        let failed = CloudError::DeploymentFailed("deployment d failed on SN1 FAILED".to_owned())
+            .map_message(|m| format!("{m} (see the device log)"));
+        assert_eq!(failed.exit_code(), crate::deploy::EXIT_FAILED);
+        assert_eq!(
+            failed.to_string(),
+            "deployment d failed on SN1 FAILED (see the device log)"
+        );
+        let late = CloudError::DeploymentTimedOut("late".to_owned());
+        assert_eq!(late.exit_code(), crate::deploy::EXIT_TIMED_OUT);
+        assert_eq!(late.aws_code(), None);
+        let input = CloudError::input("two\nlines   and\tspace");
+        assert_eq!(input, CloudError::Input("two lines and space".to_owned()));
+        let local: Result<()> = Err(std::io::Error::other("disk full")).context(|| "writing x");
+        assert_eq!(
+            local.unwrap_err(),
+            CloudError::Local("writing x: disk full".to_owned())
+        );
     }
 }

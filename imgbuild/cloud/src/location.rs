@@ -52,7 +52,7 @@ impl FromStr for S3Location {
             bail!("{s:?} is not an S3 location: write s3://BUCKET/PREFIX/");
         };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        S3Location::new(bucket, prefix).map_err(|e| CloudError::msg(format!("{s:?}: {e}")))
+        S3Location::new(bucket, prefix).map_err(|e| e.within(format_args!("{s:?}")))
     }
 }
 

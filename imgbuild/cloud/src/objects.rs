@@ -54,7 +54,7 @@ pub async fn get_small_object(aws: &Aws, loc: &S3Location, name: &str) -> Result
         .body
         .collect()
         .await
-        .map_err(|e| CloudError::msg(format!("{}: reading the body: {e}", what())))?;
+        .map_err(|e| CloudError::aws(format!("{}: reading the body: {e}", what())))?;
     Ok(Some(bytes.into_bytes().to_vec()))
 }
 
@@ -95,9 +95,12 @@ pub async fn ensure_bucket(aws: &Aws, bucket: &str) -> Result<()> {
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if error_code(&e) == Some("NoSuchBucket") => Err(CloudError::msg(format!(
-            "S3 bucket {bucket} does not exist (NoSuchBucket): create it or fix the bucket name"
-        ))),
+        Err(e) if error_code(&e) == Some("NoSuchBucket") => Err(CloudError::Aws {
+            message: format!(
+                "S3 bucket {bucket} does not exist (NoSuchBucket): create it or fix the bucket name"
+            ),
+            code: Some("NoSuchBucket".to_owned()),
+        }),
         Err(e) => Err(e).aws_context(|| format!("S3 bucket {bucket}")),
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::allowlist::Allowlist;
 use crate::claim::write_with_mode;
 use crate::client::Aws;
-use crate::error::{bail, error_code, Context, Result, SdkContext};
+use crate::error::{aws_bail, bail, error_code, Context, Result, SdkContext};
 use crate::location::S3Location;
 use crate::objects::{get_small_object, put_small_object};
 
@@ -115,7 +115,7 @@ pub(crate) async fn endpoint(aws: &Aws, kind: &str) -> Result<String> {
         .aws_context(|| format!("IoT DescribeEndpoint {kind}"))?;
     match out.endpoint_address {
         Some(address) if !address.is_empty() => Ok(address),
-        _ => bail!("IoT DescribeEndpoint {kind}: no address returned"),
+        _ => aws_bail!("IoT DescribeEndpoint {kind}: no address returned"),
     }
 }
 

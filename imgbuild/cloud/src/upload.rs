@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use crate::client::Aws;
-use crate::error::{bail, error_code, CloudError, Context, Result, SdkContext};
+use crate::error::{aws_bail, bail, error_code, Context, Result, SdkContext};
 use crate::location::S3Location;
 use crate::objects::{ensure_bucket, get_small_object, put_small_object, SHA256_METADATA};
 
@@ -280,10 +280,10 @@ fn strip_quotes(etag: &str) -> &str {
 /// Fails unless the ETag S3 returned is the MD5 of the bytes sent.
 fn check_etag(etag: Option<&str>, md5_hex: &str, what: &str) -> Result<String> {
     let Some(etag) = etag else {
-        bail!("{what}: S3 returned no ETag");
+        aws_bail!("{what}: S3 returned no ETag");
     };
     if !strip_quotes(etag).eq_ignore_ascii_case(md5_hex) {
-        bail!(
+        aws_bail!(
             "{what}: S3 stored ETag {} but the local MD5 is {md5_hex}: the data was altered in transit or \
              the bucket uses SSE-KMS; run again",
             strip_quotes(etag)
@@ -471,7 +471,7 @@ async fn start_upload(
             )
         })?;
     let Some(upload_id) = out.upload_id else {
-        bail!(
+        aws_bail!(
             "S3 CreateMultipartUpload s3://{}/{}: no upload id returned",
             report.bucket,
             report.key
@@ -648,9 +648,7 @@ impl PartJob {
             .key(&self.key)
             .upload_id(&self.upload_id)
             .part_number(part.number)
-            .content_length(
-                i64::try_from(part.len).map_err(|e| CloudError::msg(format!("{what}: {e}")))?,
-            )
+            .content_length(i64::try_from(part.len).context(|| &what)?)
             .body(ByteStream::from(data))
             .send()
             .await

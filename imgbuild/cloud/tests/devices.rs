@@ -315,7 +315,7 @@ async fn dry_run_and_a_malformed_allowlist_change_nothing() {
                 },
             };
             let mut shown = None;
-            let no_operator = |_: &_| Err(CloudError::msg("test: nobody to confirm"));
+            let no_operator = |_: &_| Err(CloudError::input("test: nobody to confirm"));
             devices::sync(aws, &args, |plan| shown = Some(plan.clone()), no_operator)
                 .await
                 .map(|outcome| (outcome, shown))

@@ -40,6 +40,9 @@ async fn a_missing_bucket_is_named_in_one_line() {
             "create it",
         ],
     );
+    // the service's code stays readable for callers (the variant says it is an AWS failure)
+    assert_eq!(err.aws_code(), Some("NoSuchBucket"), "{err:?}");
+    assert_eq!(err.exit_code(), 1);
     let err = ensure_claim(&aws, &to, "P", "T").await.unwrap_err();
     assert_one_line(err.message(), &["no-such-bucket", "does not exist"]);
 }
@@ -68,6 +71,10 @@ async fn an_unreachable_endpoint_is_one_line() {
         err.message(),
         &["images", "cannot reach the endpoint", "AWS_ENDPOINT_URL"],
     );
+    assert!(
+        matches!(&err, imgbuild_cloud::CloudError::Aws { code: None, .. }),
+        "{err:?}"
+    );
     let err = aws.caller_identity().await.unwrap_err();
     assert_one_line(
         err.message(),
@@ -95,6 +102,7 @@ async fn unknown_credentials_are_one_line_with_the_service_code_and_a_hint() {
             "check the AWS credentials",
         ],
     );
+    assert_eq!(err.aws_code(), Some("InvalidAccessKeyId"), "{err:?}");
     let err = aws.caller_identity().await.unwrap_err();
     assert_one_line(
         err.message(),

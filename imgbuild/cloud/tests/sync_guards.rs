@@ -32,7 +32,7 @@ async fn seed(moto: &Moto, aws: &Aws) -> String {
 
 /// `devices sync` as the CLI runs it, with no operator to confirm (a confirmation fails).
 async fn run_sync(aws: &Aws, args: SyncArgs<'_>) -> Result<SyncOutcome> {
-    let no_operator = |_: &_| Err(CloudError::msg("test: nobody to confirm"));
+    let no_operator = |_: &_| Err(CloudError::input("test: nobody to confirm"));
     sync(aws, &args, |_| {}, no_operator).await
 }
 

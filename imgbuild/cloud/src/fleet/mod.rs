@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::claim::{self, ClaimState};
 use crate::client::Aws;
-use crate::error::{bail, error_code, CloudError, Context, Result, SdkContext};
+use crate::error::{aws_bail, bail, error_code, CloudError, Context, Result, SdkContext};
 use crate::location::{check_bucket_name, S3Location};
 use crate::objects::{get_small_object, put_small_object};
 use crate::provisioning::{self, ProvisioningParams};
@@ -227,7 +227,7 @@ impl Plan {
         if drifted.is_empty() {
             return None;
         }
-        Some(CloudError::msg(format!(
+        Some(CloudError::input(format!(
             "fleet {}: {} resource(s) differ from what `fleet init` makes and were left as they are: {}; \
              fix or delete them and run `imgbuild cloud fleet init` again (no build configuration was written)",
             self.spec.name,
@@ -283,7 +283,7 @@ pub async fn resolve_spec(
     docs::check_thing_prefix(&thing_prefix)?;
     let who = aws.caller_identity().await?;
     if who.account.is_empty() {
-        bail!("STS GetCallerIdentity: no account id in the answer");
+        aws_bail!("STS GetCallerIdentity: no account id in the answer");
     }
     let bucket = bucket.map_or_else(
         || docs::default_bucket(name, &who.account, aws.region()),
@@ -356,10 +356,12 @@ pub async fn apply(aws: &Aws, plan: &Plan, mut report: impl FnMut(&str)) -> Resu
         create(aws, &plan.spec, item.resource, &plan.params)
             .await
             .map_err(|e| {
-                CloudError::msg(format!(
-                    "creating {}: {e} (created before it: {created}; run init again to resume)",
-                    item.label
-                ))
+                e.map_message(|m| {
+                    format!(
+                        "creating {}: {m} (created before it: {created}; run init again to resume)",
+                        item.label
+                    )
+                })
             })?;
         created += 1;
         report(&format!("created {}", item.label));
@@ -658,7 +660,7 @@ async fn check_iam_policy(aws: &Aws, arn: &str, wanted: &Value) -> Result<Status
         Err(e) => return Err(e).aws_context(|| format!("IAM GetPolicy {arn}")),
     };
     let Some(version) = policy.policy().and_then(|p| p.default_version_id()) else {
-        bail!("IAM GetPolicy {arn}: no default version in the answer");
+        aws_bail!("IAM GetPolicy {arn}: no default version in the answer");
     };
     let out = aws
         .iam
@@ -669,7 +671,7 @@ async fn check_iam_policy(aws: &Aws, arn: &str, wanted: &Value) -> Result<Status
         .await
         .aws_context(|| format!("IAM GetPolicyVersion {arn} {version}"))?;
     let Some(text) = out.policy_version().and_then(|v| v.document()) else {
-        bail!("IAM GetPolicyVersion {arn}: no document in the answer");
+        aws_bail!("IAM GetPolicyVersion {arn}: no document in the answer");
     };
     Ok(compare_document(&iam_document(text)?, wanted))
 }
@@ -825,7 +827,7 @@ async fn check_function(aws: &Aws, spec: &FleetSpec) -> Result<Status> {
         Err(e) => return Err(e).aws_context(|| format!("Lambda GetFunction {name}")),
     };
     let Some(c) = out.configuration() else {
-        bail!("Lambda GetFunction {name}: no configuration in the answer");
+        aws_bail!("Lambda GetFunction {name}: no configuration in the answer");
     };
     let mut differences = Vec::new();
     if c.role() != Some(spec.role_arn(&spec.hook_role()).as_str()) {
