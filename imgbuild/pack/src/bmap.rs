@@ -5,10 +5,11 @@
 //! keep the card's old contents, and a file system may rely on blocks it wrote as zeros.
 
 use crate::chunks::{open_raw, read_range, sha256};
-use crate::error::{bail, Context, Result};
+use crate::error::{bail, Error, IoContext, Result};
 use crate::parallel::{default_threads, for_each_ordered};
 use sha2::{Digest, Sha256};
 use std::fs::File;
+use std::io;
 use std::ops::{Range, RangeInclusive};
 use std::path::Path;
 
@@ -36,14 +37,17 @@ pub struct BmapStats {
 /// (bmaptool uses the file system's block size, normally 4096).
 pub fn write_bmap(raw: &Path, out: &Path, block_size: u64) -> Result<BmapStats> {
     if block_size < 512 || block_size & 511 != 0 || block_size > 1 << 30 {
-        bail!("bmap block size {block_size} is invalid: use a multiple of 512 such as 4096");
+        bail!(
+            InvalidInput,
+            "bmap block size {block_size} is invalid: use a multiple of 512 such as 4096"
+        );
     }
     let (file, len) = open_raw(raw)?;
     if len == 0 {
-        bail!(
-            "cannot write a bmap for the empty image {}: bmaptool rejects empty images",
-            raw.display()
-        );
+        return Err(Error::Image {
+            path: raw.to_path_buf(),
+            reason: "cannot write a bmap for an empty image: bmaptool rejects empty images".into(),
+        });
     }
     let ranges = mapped_blocks(&file, len, block_size, raw)?;
     let sums = range_checksums(&file, len, block_size, &ranges, raw)?;
@@ -56,7 +60,7 @@ pub fn write_bmap(raw: &Path, out: &Path, block_size: u64) -> Result<BmapStats> 
         ranges,
     };
     let xml = render(&stats, &sums);
-    std::fs::write(out, xml).context(|| format!("writing bmap {}", out.display()))?;
+    std::fs::write(out, xml).on(out, || "writing bmap".into())?;
     Ok(stats)
 }
 
@@ -82,27 +86,30 @@ pub(crate) fn data_ranges(file: &File, len: u64, path: &Path) -> Result<Vec<Rang
         let start = match seek(file, SeekFrom::Data(pos)) {
             Ok(s) => s,
             Err(e) if e == rustix::io::Errno::NXIO => break,
-            Err(e) => bail!(
-                "finding data after byte {pos} of {} (SEEK_DATA): {e}",
-                path.display()
-            ),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("finding data (SEEK_DATA) after byte {pos} of"),
+                    path,
+                    e.into(),
+                ))
+            }
         };
         if start >= len {
             break;
         }
         let end = seek(file, SeekFrom::Hole(start))
-            .context(|| {
-                format!(
-                    "finding the hole after byte {start} of {} (SEEK_HOLE)",
-                    path.display()
-                )
+            .map_err(io::Error::from)
+            .on(path, || {
+                format!("finding the hole (SEEK_HOLE) after byte {start} of")
             })?
             .min(len);
         if end <= start {
-            bail!(
-                "{} changed while its sparse map was read (hole at {end} before data at {start})",
-                path.display()
-            );
+            return Err(Error::Image {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "changed while its sparse map was read (hole at {end} before data at {start})"
+                ),
+            });
         }
         out.push(start..end);
         pos = end;
