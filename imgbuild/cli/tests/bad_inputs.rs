@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 /// Runs a build of `base` with `config` in a fresh dir and checks the failure.
-fn fails(base: &Path, board: &str, config: &str, needles: &[&str]) {
+/// Builds `base` with `config`, expects a clean failure naming `needles`; returns stderr.
+fn fails(base: &Path, board: &str, config: &str, needles: &[&str]) -> String {
     let dir = base.parent().expect("parent");
     std::fs::write(dir.join("imgbuild.toml"), config).expect("write config");
     let before = sha256_file(base);
@@ -33,6 +34,7 @@ fn fails(base: &Path, board: &str, config: &str, needles: &[&str]) {
         .filter(|n| n.contains(".work") || n.contains(".tmp") || n.ends_with(".part"))
         .collect();
     assert!(strays.is_empty(), "left temporary files: {strays:?}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn rpi_base(dir: &Path) -> std::path::PathBuf {
@@ -120,12 +122,24 @@ fn root_fs_too_full_for_the_payload() {
     };
     let big = dir.path().join("big.bin");
     random_bytes_file(&big, free + (8 << 20));
-    fails(
+    let err = fails(
         &base,
         "rpi4",
         "[[file]]\npath = \"/var/big.bin\"\nsource = \"big.bin\"\n",
-        &["/var/big.bin", "free"],
+        &[
+            "root file system full: ",
+            "/var/big.bin",
+            "use [image] size",
+        ],
     );
+    // 8 MiB more than is free, plus the metadata blocks of the file and the rest of the plan.
+    let mib: u64 = err
+        .split("full: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MiB count in {err:?}"));
+    assert!((8..=10).contains(&mib), "{mib} MiB more needed: {err}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::fs::fat::FatFs;
 use crate::writes::{Op, Owned, Write};
 use imgbuild_ext2fs::{FileKind, Fs, Meta};
+use imgbuild_ranges::ByteRanges;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -52,8 +53,8 @@ pub struct Written {
 pub struct Applied {
     /// Everything written, in order.
     pub written: Vec<Written>,
-    /// Byte ranges of the image file that were modified (sorted, merged).
-    pub dirty: Vec<(u64, u64)>,
+    /// Byte ranges of the image file that were modified.
+    pub dirty: ByteRanges,
 }
 
 /// Inputs of the apply stage that do not come from the plan.
@@ -70,7 +71,7 @@ pub struct Target<'a> {
 
 /// Executes `ops` in order on the image.
 pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
-    let mut root = Fs::open_tracked(t.image, t.root.offset).map_err(ext4_err)?;
+    let mut root = Fs::open_tracked(t.image, t.root.offset)?;
     root.set_time(t.epoch);
     let boot = FatFs::open(t.image, t.boot.offset, t.boot.size, t.epoch)?;
     let mut w = Writer {
@@ -79,8 +80,10 @@ pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
         epoch: t.epoch,
         written: Vec::new(),
     };
-    for op in ops {
-        w.execute(op)?;
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = w.execute(op) {
+            return Err(root_full(e, op, &ops[i + 1..], w.root.block_size()));
+        }
     }
     let Writer {
         root,
@@ -88,34 +91,49 @@ pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
         written,
         ..
     } = w;
-    let mut dirty = root.close_tracked().map_err(ext4_err)?;
-    // fatfs reports half-open (start, end) ranges; the pipeline works with (offset, length).
-    dirty.extend(
-        boot.close()?
-            .into_iter()
-            .map(|(start, end)| (start, end.saturating_sub(start))),
-    );
-    Ok(Applied {
-        written,
-        dirty: merge(dirty),
-    })
+    let mut dirty = root.close_tracked()?;
+    dirty.merge(&boot.close()?);
+    Ok(Applied { written, dirty })
 }
 
-fn ext4_err(e: imgbuild_ext2fs::Error) -> Error {
-    Error::msg(format!("root file system: {e}"))
-}
-
-/// Sorts and merges overlapping or touching ranges.
-pub fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    r.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
-    for (off, len) in r {
-        match out.last_mut() {
-            Some((o, l)) if off <= *o + *l => *l = (*l).max(off + len - *o),
-            _ => out.push((off, len)),
-        }
+/// Turns running out of space on the root file system into [`Error::RootFull`], with an
+/// estimate of the bytes still missing for `op` and the writes after it (`rest`); other errors
+/// are returned as they are.
+fn root_full(e: Error, op: &Op, rest: &[Op], block_size: u64) -> Error {
+    let Error::Ext4(cause) = e.root_cause() else {
+        return e;
+    };
+    let imgbuild_ext2fs::ErrorKind::NoSpace {
+        needed_bytes,
+        free_bytes,
+    } = *cause.kind()
+    else {
+        return e;
+    };
+    let blocks = |len: u64| len.div_ceil(block_size).max(1) * block_size;
+    let later: u64 = rest
+        .iter()
+        .map(|o| match &o.write {
+            Write::RootFile { data, .. } => blocks(data.len() as u64),
+            Write::RootDir { .. } | Write::RootSymlink { .. } => block_size,
+            Write::BootFile { .. } => 0,
+        })
+        .sum();
+    let path = match &op.write {
+        Write::RootFile { path, .. }
+        | Write::RootDir { path, .. }
+        | Write::RootSymlink { path, .. }
+        | Write::BootFile { path, .. } => path,
+    };
+    Error::RootFull {
+        writing: match op.origin.contains(path.as_str()) {
+            true => op.origin.clone(),
+            false => format!("{path} for {}", op.origin),
+        },
+        more_bytes: (needed_bytes + later)
+            .saturating_sub(free_bytes)
+            .max(1 << 20),
     }
-    out
 }
 
 struct Writer {
@@ -159,7 +177,7 @@ impl Writer {
             } => {
                 let meta = self.meta(*owned);
                 self.ensure_parent(path)?;
-                self.root.symlink(path, target, &meta).map_err(ext4_err)?;
+                self.root.symlink(path, target, &meta)?;
                 self.record_root(
                     path,
                     "symlink",
@@ -178,15 +196,15 @@ impl Writer {
     /// Creates the directory `path` (missing parents get `meta` too) or, when `reset` is set, gives an
     /// existing one `meta`; an existing directory without `reset` is left alone and not recorded.
     fn write_root_dir(&mut self, path: &str, meta: Meta, reset: bool, origin: &str) -> Result<()> {
-        match self.root.stat(path).map_err(ext4_err)? {
+        match self.root.stat(path)? {
             Some(s) if s.kind == FileKind::Directory => {
                 if !reset {
                     return Ok(());
                 }
-                self.root.set_meta(path, &meta).map_err(ext4_err)?;
+                self.root.set_meta(path, &meta)?;
             }
             Some(_) => crate::bail!("{origin}: {path} exists in the image and is not a directory"),
-            None => self.root.mkdir_p(path, &meta).map_err(ext4_err)?,
+            None => self.root.mkdir_p(path, &meta)?,
         }
         self.record_root(path, "dir", 0, None, None, meta, origin);
         Ok(())
@@ -197,29 +215,27 @@ impl Writer {
         if parent.is_empty() {
             return Ok(());
         }
-        match self.root.stat(parent).map_err(ext4_err)? {
+        match self.root.stat(parent)? {
             Some(s) if s.kind == FileKind::Directory => Ok(()),
             Some(s) if s.kind == FileKind::Symlink => Ok(()),
             Some(_) => crate::bail!("root file system: {parent} exists and is not a directory"),
             None => {
                 let meta = self.meta(Owned::root(0o755));
-                self.root.mkdir_p(parent, &meta).map_err(ext4_err)
+                self.root.mkdir_p(parent, &meta).map_err(Error::from)
             }
         }
     }
 
     fn write_root_file(&mut self, path: &str, data: &[u8], meta: Meta, origin: &str) -> Result<()> {
         self.ensure_parent(path)?;
-        if let Some(s) = self.root.stat(path).map_err(ext4_err)? {
+        if let Some(s) = self.root.stat(path)? {
             if s.kind == FileKind::Directory {
                 crate::bail!("{origin}: {path} is a directory in the image, not a file");
             }
         }
-        self.root.write_file(path, data, &meta).map_err(|e| {
-            Error::msg(format!(
-                "{origin}: writing {path} to the root file system: {e}"
-            ))
-        })?;
+        self.root
+            .write_file(path, data, &meta)
+            .map_err(|e| Error::from(e).context(format_args!("{origin}: writing {path}")))?;
         let sha = hex::encode(Sha256::digest(data));
         self.record_root(
             path,
@@ -273,19 +289,5 @@ impl Writer {
             origin: origin.to_string(),
         });
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge;
-
-    #[test]
-    fn merge_joins_overlapping_and_touching_ranges() {
-        assert_eq!(
-            merge(vec![(10, 5), (0, 4), (4, 2), (12, 10), (100, 1)]),
-            [(0, 6), (10, 12), (100, 1)]
-        );
-        assert!(merge(vec![]).is_empty());
     }
 }

@@ -61,7 +61,6 @@ fn is_url(s: &str) -> bool {
 /// Resolves `req` for `board`: a local file is checked (against `--base-sha256` when given);
 /// a URL or the board's pinned base is fetched, verified and cached.
 pub fn resolve(board: &Board, req: &BaseRequest) -> Result<ResolvedBase> {
-    let fetch_err = |e: imgbuild_fetch::FetchError| Error::msg(e.to_string());
     if let Some(b) = req.base.as_deref().filter(|b| !is_url(b)) {
         let path = PathBuf::from(b);
         if !path.is_file() {
@@ -69,16 +68,16 @@ pub fn resolve(board: &Board, req: &BaseRequest) -> Result<ResolvedBase> {
         }
         let mut sha = None;
         if let Some(want) = &req.sha256 {
-            let want = imgbuild_fetch::normalize_sha256(want).map_err(fetch_err)?;
-            let have = imgbuild_fetch::sha256_file(&path).map_err(fetch_err)?;
+            let want = imgbuild_fetch::normalize_sha256(want)?;
+            let have = imgbuild_fetch::sha256_file(&path)?;
             if have != want {
                 crate::bail!("--base {b}: sha256 is {have}, --base-sha256 says {want}");
             }
             sha = Some(have);
         }
         if let Some(want) = &req.sha512 {
-            let want = imgbuild_fetch::normalize_sha512(want).map_err(fetch_err)?;
-            let have = imgbuild_fetch::sha512_file(&path).map_err(fetch_err)?;
+            let want = imgbuild_fetch::normalize_sha512(want)?;
+            let have = imgbuild_fetch::sha512_file(&path)?;
             if have != want {
                 crate::bail!("--base {b}: sha512 is {have}, --base-sha512 says {want}");
             }
@@ -121,7 +120,7 @@ pub fn resolve(board: &Board, req: &BaseRequest) -> Result<ResolvedBase> {
         sha512,
         signature,
     };
-    let got = imgbuild_fetch::fetch(&src, &opts).map_err(fetch_err)?;
+    let got = imgbuild_fetch::fetch(&src, &opts)?;
     Ok(ResolvedBase {
         path: got.path,
         origin: url,
@@ -189,7 +188,7 @@ pub fn cached_raw(
     let Some(sha) = &base.sha256 else {
         return Ok(None);
     };
-    let cache = Cache::open(&dir).map_err(|e| Error::msg(e.to_string()))?;
+    let cache = Cache::open(&dir)?;
     if let Some(p) = cache.raw_path(sha) {
         tracing::info!(raw = %p.display(), "base: raw image from the cache");
         return Ok(Some(p));
@@ -197,8 +196,6 @@ pub fn cached_raw(
     tracing::info!(base = %base.path.display(), "base: decompressing into the cache");
     let scratch = cache.scratch_path(sha);
     crate::source::decompress_to_sparse(&base.path, &scratch, progress)?;
-    let stored = cache
-        .store_raw(sha, &scratch)
-        .map_err(|e| Error::msg(e.to_string()))?;
+    let stored = cache.store_raw(sha, &scratch)?;
     Ok(Some(stored))
 }

@@ -231,7 +231,8 @@ fn check_fat(image: &Path, p: &PartCheck, scratch_dir: &Path) -> Result<()> {
         .tempfile_in(scratch_dir)
         .context(|| format!("{}: cannot create a scratch file", scratch_dir.display()))?;
     let src = File::open(image).context(|| format!("{}: cannot open", image.display()))?;
-    copy_range(&src, p.offset, p.size, copy.as_file())
+    copy_range(&src, p.offset, p.size, copy.as_file(), 0)
+        .and_then(|()| copy.as_file().set_len(p.size))
         .context(|| format!("{}: cannot copy it for checking", what(p)))?;
     let out = Command::new(tool)
         .arg("-n")
@@ -312,7 +313,7 @@ fn first_problem(text: &str) -> String {
 
 /// Finds a checker program: in `PATH`, then in `/usr/sbin` and `/sbin` (where Debian installs
 /// them, and which a normal user's `PATH` lacks).
-fn find_tool(name: &str, package: &str) -> Result<PathBuf> {
+pub(crate) fn find_tool(name: &str, package: &str) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs =
@@ -327,15 +328,22 @@ fn find_tool(name: &str, package: &str) -> Result<PathBuf> {
     }
     crate::bail!(
         "{name} not found (looked in PATH, /usr/sbin and /sbin): install the {package} package \
-         (e.g. `apt-get install {package}`) - imgbuild checks the base's file systems with it \
-         before writing"
+         (e.g. `apt-get install {package}`) - imgbuild checks (and with [image], grows) the \
+         base's file systems with it"
     )
 }
 
-/// Copies `len` bytes of `src` from `offset` to the start of `dst`, leaving holes where `src`
+/// Copies `len` bytes of `src` from `offset` to `dst` at `dst_offset`, leaving holes where `src`
 /// has them: data extents are found with SEEK_DATA/SEEK_HOLE and copied with
-/// `copy_file_range` (through user space where the kernel cannot).
-fn copy_range(src: &File, offset: u64, len: u64, dst: &File) -> io::Result<()> {
+/// `copy_file_range` (through user space where the kernel cannot). `dst`'s length is only
+/// changed by the data written.
+pub(crate) fn copy_range(
+    src: &File,
+    offset: u64,
+    len: u64,
+    dst: &File,
+    dst_offset: u64,
+) -> io::Result<()> {
     use rustix::fs::{seek, SeekFrom};
     let end = offset.saturating_add(len);
     let mut pos = offset;
@@ -357,7 +365,7 @@ fn copy_range(src: &File, offset: u64, len: u64, dst: &File) -> io::Result<()> {
         while at < hole {
             let want = usize::try_from(hole - at).map_or(1 << 30, |n| n.min(1 << 30));
             if in_kernel {
-                let (mut off_in, mut off_out) = (at, at - offset);
+                let (mut off_in, mut off_out) = (at, at - offset + dst_offset);
                 match rustix::fs::copy_file_range(
                     src,
                     Some(&mut off_in),
@@ -379,12 +387,12 @@ fn copy_range(src: &File, offset: u64, len: u64, dst: &File) -> io::Result<()> {
             }
             let mut buf = vec![0u8; want.min(1 << 20)];
             src.read_exact_at(&mut buf, at)?;
-            dst.write_all_at(&buf, at - offset)?;
+            dst.write_all_at(&buf, at - offset + dst_offset)?;
             at += buf.len() as u64;
         }
         pos = hole;
     }
-    dst.set_len(len)
+    Ok(())
 }
 
 #[cfg(test)]

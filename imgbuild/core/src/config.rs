@@ -2,7 +2,7 @@
 //! errors) and validation happens before the base image is touched, so a bad config never
 //! leaves a partial output behind.
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,102 @@ pub struct Config {
     /// The Greengrass fleet-provisioning payload (see the provisioning docs in README).
     #[serde(default)]
     pub greengrass: Option<imgbuild_greengrass::GreengrassConfig>,
+    /// `[image]`: grow the image (and its root partition and file system) at build time.
+    #[serde(default)]
+    pub image: Option<ImageConfig>,
 }
+
+/// `[image]`: how big the built image is. Exactly one key; sizes are strings with a unit
+/// (`"4GiB"`, `"512MiB"`) or a plain number of bytes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Absolute size of the whole image; must not be smaller than the base image.
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Extra bytes for the root partition (`"+1GiB"`).
+    #[serde(default)]
+    pub grow_root: Option<String>,
+}
+
+/// What `[image]` asks for, parsed (see [`crate::grow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Growth {
+    /// The whole image becomes this many bytes (a multiple of 512).
+    ImageSize(u64),
+    /// The root partition gets at least this many more bytes.
+    GrowRoot(u64),
+}
+
+impl ImageConfig {
+    /// The requested growth; errors name the key (`image.size`, `image.grow_root`).
+    pub fn growth(&self) -> Result<Growth> {
+        match (&self.size, &self.grow_root) {
+            (Some(size), None) => {
+                let n = parse_size(size).map_err(|e| e.context("image.size"))?;
+                if n == 0 {
+                    crate::bail!("image.size: {size:?} is zero; give the size of the whole image");
+                }
+                if !n.is_multiple_of(512) {
+                    crate::bail!(
+                        "image.size: {size:?} ({n} bytes) is not a whole number of 512-byte sectors"
+                    );
+                }
+                Ok(Growth::ImageSize(n))
+            }
+            (None, Some(extra)) => {
+                let digits = extra.trim_start().strip_prefix('+').unwrap_or(extra);
+                if digits.trim_start().starts_with('-') {
+                    crate::bail!(
+                        "image.grow_root: {extra:?} would shrink the root partition; only growing \
+                         is supported (e.g. \"+1GiB\")"
+                    );
+                }
+                let n = parse_size(digits).map_err(|e| e.context("image.grow_root"))?;
+                Ok(Growth::GrowRoot(n))
+            }
+            _ => crate::bail!(
+                "[image]: give exactly one of `size` (the whole image, e.g. \"4GiB\") or \
+                 `grow_root` (extra bytes for the root partition, e.g. \"+1GiB\")"
+            ),
+        }
+    }
+}
+
+/// Parses `"4GiB"`, `"512 MiB"`, `"1048576"` (bytes): a whole number with an optional binary
+/// unit (B, KiB, MiB, GiB, TiB).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => crate::bail!(
+            "{s:?} is not a size: use a whole number of bytes or of KiB, MiB, GiB or TiB \
+             (e.g. \"4GiB\")"
+        ),
+    };
+    let n: u64 = match digits.parse() {
+        Ok(n) => n,
+        Err(_) if digits.is_empty() => crate::bail!(
+            "{s:?} is not a size: use a whole number of bytes or of KiB, MiB, GiB or TiB \
+             (e.g. \"4GiB\")"
+        ),
+        Err(_) => crate::bail!("{s:?} is too large"),
+    };
+    match n.checked_mul(factor) {
+        Some(bytes) if bytes <= MAX_IMAGE_BYTES => Ok(bytes),
+        _ => crate::bail!("{s:?} is too large (at most 1 PiB)"),
+    }
+}
+
+/// Largest size `[image]` accepts: far beyond any SD card, and small enough that sector and
+/// byte arithmetic on it cannot overflow.
+const MAX_IMAGE_BYTES: u64 = 1 << 50;
 
 /// `[user]`: the account that logs in over SSH.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -121,7 +216,7 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::msg(format!("reading config {}: {e}", path.display())))?;
+            .context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text, &path.display().to_string())
     }
 
@@ -178,9 +273,15 @@ impl Config {
             check_unit_name(unit)?;
         }
         if let Some(gg) = &self.greengrass {
-            imgbuild_greengrass::validate(gg).map_err(|e| Error::msg(e.to_string()))?;
+            imgbuild_greengrass::validate(gg)?;
         }
+        self.growth()?;
         Ok(())
+    }
+
+    /// The growth `[image]` asks for; `None` without an `[image]` section.
+    pub fn growth(&self) -> Result<Option<Growth>> {
+        self.image.as_ref().map(ImageConfig::growth).transpose()
     }
 }
 
@@ -469,6 +570,54 @@ enable = ["ssh.service"]
         let e = err("[[template]]\nsource = \"a\\nb.tera\"\npath = \"/x\"");
         assert!(e.contains("control character") && !e.contains('\n'), "{e}");
         assert!(check_image_path("/etc/caf\u{e9} ok").is_ok());
+    }
+
+    #[test]
+    fn image_section_parses_sizes_and_names_the_key_in_errors() {
+        let growth = |text: &str| Config::parse(text, "t.toml").expect("parses").growth();
+        assert_eq!(
+            growth("[image]\nsize = \"4GiB\"").ok(),
+            Some(Some(Growth::ImageSize(4 << 30)))
+        );
+        assert_eq!(
+            growth("[image]\nsize = \"1048576\"").ok(),
+            Some(Some(Growth::ImageSize(1 << 20)))
+        );
+        assert_eq!(
+            growth("[image]\ngrow_root = \"+1GiB\"").ok(),
+            Some(Some(Growth::GrowRoot(1 << 30)))
+        );
+        assert_eq!(
+            growth("[image]\ngrow_root = \"512 MiB\"").ok(),
+            Some(Some(Growth::GrowRoot(512 << 20)))
+        );
+        assert_eq!(growth("hostname = \"a\"").ok(), Some(None));
+        for (text, needle) in [
+            (
+                "[image]\nsize = \"4GB\"",
+                "image.size: \"4GB\" is not a size",
+            ),
+            ("[image]\nsize = \"1.5GiB\"", "image.size"),
+            ("[image]\nsize = \"\"", "image.size"),
+            ("[image]\nsize = \"0\"", "image.size: \"0\" is zero"),
+            ("[image]\nsize = \"1000\"", "512-byte sectors"),
+            ("[image]\nsize = \"99999999999TiB\"", "too large"),
+            ("[image]\ngrow_root = \"-1GiB\"", "image.grow_root"),
+            (
+                "[image]\ngrow_root = \"lots\"",
+                "image.grow_root: \"lots\" is not a size",
+            ),
+            (
+                "[image]\nsize = \"4GiB\"\ngrow_root = \"+1GiB\"",
+                "exactly one",
+            ),
+            ("[image]\n", "exactly one"),
+            ("[image]\nsizes = \"4GiB\"", "sizes"),
+        ] {
+            let e = err(text);
+            assert!(e.starts_with("config t.toml"), "{e}");
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
     }
 
     #[test]

@@ -611,3 +611,338 @@ fn probe_fat(head: &[u8]) -> Option<FsProbe> {
     };
     Some(FsProbe { kind, label, uuid })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writers: growing the last partition of a disk image (used by `crate::grow`).
+
+/// CHS geometry sfdisk uses for image files (255 heads, 63 sectors per track).
+const CHS_HEADS: u64 = 255;
+const CHS_SECTORS: u64 = 63;
+
+/// The CHS address of `lba` in an MBR entry, as sfdisk writes it: `fe ff ff` (cylinder 1023,
+/// head 254, sector 63) when the cylinder does not fit in 10 bits.
+fn mbr_chs(lba: u64) -> [u8; 3] {
+    let cylinder = lba / (CHS_HEADS * CHS_SECTORS);
+    if cylinder > 1023 {
+        return [0xfe, 0xff, 0xff];
+    }
+    let head = (lba / CHS_SECTORS) % CHS_HEADS;
+    let sector = lba % CHS_SECTORS + 1;
+    // head < 255, sector < 64 and cylinder < 1024, so each part fits its bits.
+    [
+        head as u8,
+        sector as u8 | ((cylinder >> 8) as u8) << 6,
+        (cylinder & 0xff) as u8,
+    ]
+}
+
+fn le64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The fields of a primary GPT header that growing the disk changes or needs.
+struct GptLayout {
+    /// The primary header's sector, as read.
+    header: Vec<u8>,
+    /// Bytes of the header covered by its CRC.
+    header_size: usize,
+    /// LBA of the primary header itself (1).
+    my_lba: u64,
+    /// LBA of the backup header (the disk's last sector).
+    backup_lba: u64,
+    /// Last LBA a partition may use.
+    last_usable: u64,
+    /// LBA of the primary partition array.
+    entries_lba: u64,
+    /// Size in bytes of the partition array (entries × entry size).
+    array_bytes: u64,
+    /// Sectors the partition array takes.
+    array_sectors: u64,
+}
+
+impl GptLayout {
+    fn read(image: &Path, file: &File, sector_size: u64) -> Result<GptLayout> {
+        use std::os::unix::fs::FileExt;
+        let corrupt = |what: &str| {
+            Error::msg(format!(
+                "{}: the primary GPT header is corrupt ({what})",
+                image.display()
+            ))
+        };
+        let len = usize::try_from(sector_size).map_err(|_| corrupt("sector size"))?;
+        let mut header = vec![0u8; len];
+        file.read_exact_at(&mut header, sector_size)
+            .context(|| format!("{}: cannot read the GPT header", image.display()))?;
+        if header.get(..8) != Some(GPT_SIGNATURE.as_slice()) {
+            return Err(corrupt("no EFI PART signature"));
+        }
+        let field32 = |at| le32(&header, at).ok_or_else(|| corrupt("truncated"));
+        let field64 = |at| le64(&header, at).ok_or_else(|| corrupt("truncated"));
+        let header_size = usize::try_from(field32(12)?).map_err(|_| corrupt("header size"))?;
+        if !(92..=len).contains(&header_size) {
+            return Err(corrupt("header size"));
+        }
+        let (num, entry_size) = (u64::from(field32(80)?), u64::from(field32(84)?));
+        if entry_size != 128 || num > u64::from(GPT_MAX_ENTRIES) {
+            return Err(corrupt("partition entry count or size"));
+        }
+        let array_bytes = num * entry_size;
+        Ok(GptLayout {
+            header_size,
+            my_lba: field64(24)?,
+            backup_lba: field64(32)?,
+            last_usable: field64(48)?,
+            entries_lba: field64(72)?,
+            array_bytes,
+            array_sectors: array_bytes.div_ceil(sector_size),
+            header,
+        })
+    }
+
+    /// (new backup header LBA, new backup array LBA, new last usable LBA) for a disk of
+    /// `sectors` sectors: the backup header in the last sector, the backup array just before
+    /// it, and the last usable LBA moved by as much as the disk grew (never into the array).
+    fn moved(&self, image: &Path, sectors: u64) -> Result<(u64, u64, u64)> {
+        let old_sectors = self.backup_lba.saturating_add(1);
+        let grown = sectors.checked_sub(old_sectors).ok_or_else(|| {
+            Error::msg(format!(
+                "{}: the disk cannot shrink ({sectors} sectors, the GPT describes {old_sectors})",
+                image.display()
+            ))
+        })?;
+        let backup = sectors - 1;
+        let array = backup.checked_sub(self.array_sectors).ok_or_else(|| {
+            Error::msg(format!(
+                "{}: the disk is too small for a GPT",
+                image.display()
+            ))
+        })?;
+        let last_usable = self
+            .last_usable
+            .saturating_add(grown)
+            .min(array.saturating_sub(1));
+        Ok((backup, array, last_usable))
+    }
+}
+
+/// The byte offset where partitions must end on this disk if its image file were `disk_size`
+/// bytes long: the end of the disk for MBR (at most 2 TiB, the limit of its 32-bit sector
+/// numbers), the byte after the last usable LBA for GPT once its backup partition array and
+/// header are moved to the last sectors (see [`grow_last_partition`]).
+pub fn usable_end(image: &Path, table: &Table, disk_size: u64) -> Result<u64> {
+    match table.kind {
+        TableKind::Mbr => Ok(disk_size.min((1u64 << 32) * 512)),
+        TableKind::Gpt => {
+            let file = File::open(image).context(|| format!("{}: cannot open", image.display()))?;
+            let gpt = GptLayout::read(image, &file, table.sector_size)?;
+            let (_, _, last_usable) = gpt.moved(image, disk_size / table.sector_size)?;
+            Ok((last_usable + 1) * table.sector_size)
+        }
+    }
+}
+
+/// Moves the end of partition `index`, which must be the last one on the disk, to byte
+/// `new_end`, on an image file already extended to its new length (`table` is the table as read
+/// before). MBR: the entry's sector count and end CHS (primary partitions only). GPT: the
+/// entry's last LBA in both partition arrays, the backup array and header moved to the new last
+/// sectors, both headers' alternate LBA, last usable LBA and CRCs, and the protective MBR's size
+/// when it covered the whole disk. Only the table areas are written; the bytes of the grown
+/// range are the caller's. Returns the byte ranges written (offset, length).
+pub fn grow_last_partition(
+    image: &Path,
+    table: &Table,
+    index: u32,
+    new_end: u64,
+) -> Result<Vec<(u64, u64)>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .context(|| format!("{}: cannot open for writing", image.display()))?;
+    let disk_size = file
+        .metadata()
+        .context(|| format!("{}: cannot read its size", image.display()))?
+        .len();
+    let Some(part) = table.partition(index) else {
+        bail!("{}: no partition {index} to grow", image.display());
+    };
+    let ss = table.sector_size;
+    if !new_end.is_multiple_of(ss) || new_end <= part.start || !disk_size.is_multiple_of(ss) {
+        bail!(
+            "{}: partition {index} cannot end at byte {new_end} of a {disk_size}-byte disk \
+             ({ss}-byte sectors)",
+            image.display()
+        );
+    }
+    let written = match table.kind {
+        TableKind::Mbr => grow_mbr(image, &file, part, new_end)?,
+        TableKind::Gpt => grow_gpt(image, &file, table, part, new_end, disk_size)?,
+    };
+    file.sync_all()
+        .context(|| format!("{}: cannot write the partition table", image.display()))?;
+    Ok(written)
+}
+
+fn grow_mbr(image: &Path, file: &File, part: &Partition, new_end: u64) -> Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    const SECTOR: u64 = 512;
+    if !(1..=4).contains(&part.index) {
+        bail!(
+            "{}: partition {} is a logical partition; only a primary partition can be grown",
+            image.display(),
+            part.index
+        );
+    }
+    let mut mbr = [0u8; 512];
+    file.read_exact_at(&mut mbr, 0)
+        .context(|| format!("{}: cannot read the MBR", image.display()))?;
+    let at = 446 + 16 * (part.index as usize - 1);
+    let start = u64::from(le32(&mbr, at + 8).unwrap_or(0));
+    let end_sector = new_end / SECTOR;
+    let sectors = end_sector.saturating_sub(start);
+    if start * SECTOR != part.start {
+        bail!(
+            "{}: the MBR entry of partition {} changed while growing it",
+            image.display(),
+            part.index
+        );
+    }
+    let Ok(sectors32) = u32::try_from(sectors) else {
+        bail!(
+            "{}: an MBR partition cannot end beyond 2 TiB (partition {} would end at byte \
+             {new_end}); use a GPT image",
+            image.display(),
+            part.index
+        );
+    };
+    mbr[at + 5..at + 8].copy_from_slice(&mbr_chs(end_sector - 1));
+    mbr[at + 12..at + 16].copy_from_slice(&sectors32.to_le_bytes());
+    file.write_all_at(&mbr, 0)
+        .context(|| format!("{}: cannot write the MBR", image.display()))?;
+    Ok(vec![(0, SECTOR)])
+}
+
+fn grow_gpt(
+    image: &Path,
+    file: &File,
+    table: &Table,
+    part: &Partition,
+    new_end: u64,
+    disk_size: u64,
+) -> Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    let ss = table.sector_size;
+    let io = |what: &'static str| {
+        move |e: std::io::Error| Error::msg(format!("{}: cannot {what}: {e}", image.display()))
+    };
+    let gpt = GptLayout::read(image, file, ss)?;
+    let sectors = disk_size / ss;
+    let (backup_lba, backup_array_lba, last_usable) = gpt.moved(image, sectors)?;
+    let last_lba = new_end / ss - 1;
+    if last_lba > last_usable {
+        bail!(
+            "{}: partition {} cannot end at byte {new_end}: the GPT's last usable byte is {}",
+            image.display(),
+            part.index,
+            (last_usable + 1) * ss
+        );
+    }
+    // The primary partition array, with the partition's last LBA moved.
+    let array_len = usize::try_from(gpt.array_sectors * ss).map_err(|_| {
+        Error::msg(format!(
+            "{}: GPT partition array too large",
+            image.display()
+        ))
+    })?;
+    let mut array = vec![0u8; array_len];
+    file.read_exact_at(&mut array, gpt.entries_lba * ss)
+        .map_err(io("read the GPT partition array"))?;
+    let entry = 128 * (part.index as usize - 1);
+    let first_lba = le64(&array, entry + 32);
+    if entry + 128 > gpt.array_bytes as usize || first_lba.map(|l| l * ss) != Some(part.start) {
+        bail!(
+            "{}: the GPT entry of partition {} changed while growing it",
+            image.display(),
+            part.index
+        );
+    }
+    array[entry + 40..entry + 48].copy_from_slice(&last_lba.to_le_bytes());
+    let array_crc = crc32fast::hash(&array[..gpt.array_bytes as usize]);
+
+    // Both headers: same fields but their own position, the other's and their array's.
+    let header_sector = |my: u64, alternate: u64, entries: u64| {
+        let mut h = gpt.header.clone();
+        h[24..32].copy_from_slice(&my.to_le_bytes());
+        h[32..40].copy_from_slice(&alternate.to_le_bytes());
+        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
+        h[72..80].copy_from_slice(&entries.to_le_bytes());
+        h[88..92].copy_from_slice(&array_crc.to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[..gpt.header_size]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    };
+    let primary = header_sector(gpt.my_lba, backup_lba, gpt.entries_lba);
+    let mut backup = header_sector(backup_lba, gpt.my_lba, backup_array_lba);
+    // Past the header the sector is zero (as the spec reserves it).
+    backup[gpt.header_size..].fill(0);
+
+    // The protective MBR's 0xEE entry covers the whole disk (at most 2^32 - 1 sectors), if it
+    // did so before; a hybrid MBR's entries are left alone.
+    let mut mbr = [0u8; 512];
+    file.read_exact_at(&mut mbr, 0)
+        .map_err(io("read the protective MBR"))?;
+    let old_sectors = gpt.backup_lba + 1;
+    let cover = |sectors: u64| (sectors - 1).min(u64::from(u32::MAX));
+    let mut mbr_changed = false;
+    for at in (446..510).step_by(16) {
+        let size = le32(&mbr, at + 12).map(u64::from);
+        if mbr[at + 4] == MBR_TYPE_PROTECTIVE && size == Some(cover(old_sectors)) {
+            let new_size = cover(sectors);
+            // UEFI: the ending CHS is 0xFFFFFF when the last sector has no CHS address.
+            let chs = match mbr_chs(new_size) {
+                [0xfe, 0xff, 0xff] => [0xff; 3],
+                chs => chs,
+            };
+            mbr[at + 5..at + 8].copy_from_slice(&chs);
+            mbr[at + 12..at + 16].copy_from_slice(&(new_size as u32).to_le_bytes());
+            mbr_changed = true;
+        }
+    }
+
+    // Backup first, primary last: until the primary header is written the old table stands.
+    file.write_all_at(&array, backup_array_lba * ss)
+        .map_err(io("write the backup GPT partition array"))?;
+    file.write_all_at(&backup, backup_lba * ss)
+        .map_err(io("write the backup GPT header"))?;
+    file.write_all_at(&array, gpt.entries_lba * ss)
+        .map_err(io("write the GPT partition array"))?;
+    file.write_all_at(&primary, gpt.my_lba * ss)
+        .map_err(io("write the GPT header"))?;
+    let mut written = vec![
+        (gpt.my_lba * ss, ss),
+        (gpt.entries_lba * ss, array_len as u64),
+        (backup_array_lba * ss, array_len as u64),
+        (backup_lba * ss, ss),
+    ];
+    if mbr_changed {
+        file.write_all_at(&mbr, 0)
+            .map_err(io("write the protective MBR"))?;
+        written.push((0, 512));
+    }
+    written.sort_unstable();
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chs_is_computed_like_sfdisk() {
+        // What sfdisk 2.38 wrote as the end CHS of partitions ending at these sectors.
+        assert_eq!(mbr_chs(409_599), [0x7e, 0x25, 0x19]);
+        assert_eq!(mbr_chs(73_728), [0x96, 0x13, 0x04]);
+        assert_eq!(mbr_chs(9 * (1 << 30) / 512 - 1), [0xfe, 0xff, 0xff]);
+    }
+}

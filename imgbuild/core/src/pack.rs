@@ -3,6 +3,7 @@
 //! temporary names and renamed into place only when all of them are complete.
 
 use crate::error::{Context, Error, Result};
+use imgbuild_ranges::ByteRanges;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -101,7 +102,7 @@ pub fn write_image(
                 None => (None, None),
             };
             let stats = imgbuild_pack::compress_xz(raw, &mut out, &opts, cache, dirty)
-                .map_err(|e| Error::msg(format!("compressing {}: {e}", raw.display())))?;
+                .context(|| format!("compressing {}", raw.display()))?;
             tracing::info!(
                 chunks = stats.chunks,
                 compressed = stats.compressed_chunks,
@@ -142,7 +143,7 @@ pub struct Incremental {
     /// Base chunk index plus written ranges.
     pub dirty: imgbuild_pack::DirtyMap,
     /// Byte ranges of the image holding secret bytes: their chunks never enter the cache.
-    pub never_cache: Vec<std::ops::Range<u64>>,
+    pub never_cache: ByteRanges,
 }
 
 impl Incremental {
@@ -166,7 +167,7 @@ impl Incremental {
             Some(i) => i,
             None => {
                 let i = imgbuild_pack::ChunkIndex::compute(raw, size)
-                    .map_err(|e| Error::msg(format!("hashing {}: {e}", raw.display())))?;
+                    .context(|| format!("hashing {}", raw.display()))?;
                 if let Err(e) = cache.store_index(&key, &i) {
                     tracing::warn!("chunk index not stored: {e}");
                 }
@@ -176,24 +177,19 @@ impl Incremental {
         Ok(Some(Incremental {
             cache,
             dirty: imgbuild_pack::DirtyMap::new(index),
-            never_cache: Vec::new(),
+            never_cache: ByteRanges::new(),
         }))
     }
 
-    /// Keeps the chunks overlapping `ranges` (offset, length) out of the cache.
-    pub fn never_cache(&mut self, ranges: &[(u64, u64)]) {
-        self.never_cache.extend(
-            ranges
-                .iter()
-                .map(|&(off, len)| off..off.saturating_add(len)),
-        );
+    /// Keeps the chunks overlapping `ranges` out of the cache.
+    pub fn never_cache(&mut self, ranges: &ByteRanges) {
+        self.never_cache.merge(ranges);
     }
 
-    /// Records the byte ranges the apply stage wrote.
-    pub fn mark(&mut self, ranges: &[(u64, u64)]) {
-        for (off, len) in ranges {
-            self.dirty.mark(*off, *len);
-        }
+    /// Records byte ranges written since the working copy was a copy of the base (the apply
+    /// stage's, or any other stage's that changes the image).
+    pub fn mark(&mut self, ranges: &ByteRanges) {
+        self.dirty.mark_all(ranges);
     }
 }
 
@@ -206,7 +202,7 @@ pub fn sha256sum_line(sha: &str, file_name: &str) -> String {
 pub fn hash_file(path: &Path) -> Result<String> {
     imgbuild_pack::file_sha256(path)
         .map(hex::encode)
-        .map_err(|e| Error::msg(e.to_string()))
+        .map_err(Error::from)
 }
 
 /// sha256 of a local base image, remembered in `cache` (when given) by the file's identity:

@@ -10,7 +10,7 @@
 
 use crate::board::Board;
 use crate::config::OwnerSpec;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::plan::Plan;
 use imgbuild_greengrass::{GreengrassConfig, PayloadContents};
 use std::path::{Path, PathBuf};
@@ -68,10 +68,8 @@ pub fn add_greengrass(
     epoch: i64,
     preseed: &Preseed,
 ) -> Result<Vec<String>> {
-    let gg_err = |e: imgbuild_greengrass::GgError| Error::msg(e.to_string());
-    imgbuild_greengrass::validate(gg).map_err(gg_err)?;
-    let (claim, warnings) =
-        imgbuild_greengrass::load_claim(gg, config_dir, SystemTime::now()).map_err(gg_err)?;
+    imgbuild_greengrass::validate(gg)?;
+    let (claim, warnings) = imgbuild_greengrass::load_claim(gg, config_dir, SystemTime::now())?;
     let origin = "[greengrass]";
     for d in ["/greengrass", imgbuild_greengrass::GG_ROOT] {
         plan.entries.push(crate::plan::Entry {
@@ -83,9 +81,7 @@ pub fn add_greengrass(
         });
     }
     let plugin_config = plugin_config(gg, &plan.templates_dir)?;
-    for f in
-        imgbuild_greengrass::payload_files_with_config(gg, &claim, plugin_config).map_err(gg_err)?
-    {
+    for f in imgbuild_greengrass::payload_files_with_config(gg, &claim, plugin_config)? {
         let mut data = match &f.contents {
             PayloadContents::Public(b) => b.clone(),
             PayloadContents::Secret(s) => s.expose_secret().to_vec(),
@@ -162,8 +158,7 @@ fn plugin_config(gg: &GreengrassConfig, templates_dir: &Path) -> Result<String> 
 
 fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()> {
     let read = |path: &Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::msg(format!("--preseed: reading {}: {e}", path.display())))
+        std::fs::read(path).context(|| format!("--preseed: reading {}", path.display()))
     };
     if let Some(n) = &p.nucleus {
         let dst = format!(
@@ -215,8 +210,7 @@ pub fn fetch_greengrass_artifacts(
             sha512: None,
             signature: None,
         };
-        let got = imgbuild_fetch::fetch(&src, &opts)
-            .map_err(|e| Error::msg(format!("--preseed: {e}")))?;
+        let got = imgbuild_fetch::fetch(&src, &opts).context(|| "--preseed")?;
         Ok(got.path)
     };
     Ok(Preseed {

@@ -93,9 +93,12 @@ pub fn build(spec: &BuildSpec, progress: &dyn Progress) -> Result<BuildSummary> 
     crate::crashpoint::hit("table-read");
     timed("base check", || b.check_base(&table))?;
     crate::crashpoint::hit("base-checked");
-    let ops = timed("plan", || b.plan_writes(parts))?;
     let mut incremental = b.chunk_index()?;
     crate::crashpoint::hit("chunk-index");
+    let (table, parts, raw_size) = timed("grow", || {
+        b.grow(table, parts, raw_size, incremental.as_mut())
+    })?;
+    let ops = timed("plan", || b.plan_writes(parts))?;
     crate::crashpoint::hit("patch-start");
     let applied = timed("patch", || b.patch(parts, &ops))?;
     crate::crashpoint::hit("patch-done");
@@ -238,6 +241,39 @@ impl<'a> Build<'a> {
             });
         crate::check::check_partitions(&self.work.0, &parts, self.scratch.dir(), verdict)
             .map_err(|e| e.context(format_args!("base {}", spec.base.path.display())))
+    }
+
+    /// Stage: grows the image, the root partition and its file system as `[image]` asks (see
+    /// [`crate::grow`]); returns the new table, partitions and image size. What the growth
+    /// wrote is marked dirty for the packer (resize2fs's own writes are not tracked).
+    fn grow(
+        &self,
+        table: Table,
+        parts: Parts,
+        raw_size: u64,
+        incremental: Option<&mut pack::Incremental>,
+    ) -> Result<(Table, Parts, u64)> {
+        let spec = self.spec;
+        if spec.growth.is_none() {
+            return Ok((table, parts, raw_size));
+        }
+        let grown = crate::grow::grow(
+            &self.work.0,
+            &table,
+            &spec.board,
+            spec.growth,
+            self.scratch.dir(),
+            spec.epoch,
+        )?;
+        if let Some(inc) = incremental {
+            inc.mark(&grown.dirty);
+        }
+        let parts = Parts {
+            root: grown.root,
+            ..parts
+        };
+        // The image only grows.
+        Ok((grown.table, parts, raw_size.max(grown.disk_size)))
     }
 
     /// Stage: the plan completed against the base, read-only (see [`crate::writes`]).

@@ -17,6 +17,7 @@
 use crate::apply::{Span, Written};
 use crate::board::{Board, Role};
 use crate::plan::{EntryKind, Plan};
+use imgbuild_ranges::ByteRanges;
 use std::path::Path;
 
 /// Whether a file with permission bits `mode` is secret (no group or other bits).
@@ -81,29 +82,20 @@ pub fn secret_files(board: &Board, plan: &Plan, written: &[Written]) -> Vec<Secr
     out
 }
 
-/// Byte ranges `(offset, length)` of `image` that hold the bytes of `secrets`: the block map of
-/// each root-fs secret; a secret the block map cannot place (stored inline), and any boot-fs
-/// secret, makes every range in `dirty` that lies in that partition count.
+/// Byte ranges of `image` that hold the bytes of `secrets`: the block map of each root-fs
+/// secret; a secret the block map cannot place (stored inline), and any boot-fs secret, makes
+/// every range in `dirty` that lies in that partition count.
 pub fn secret_ranges(
     image: &Path,
     root: Span,
     boot: Span,
     secrets: &[SecretFile],
-    dirty: &[(u64, u64)],
-) -> Vec<(u64, u64)> {
-    let within = |span: Span| -> Vec<(u64, u64)> {
-        dirty
-            .iter()
-            .filter_map(|&(off, len)| {
-                let start = off.max(span.offset);
-                let end = (off + len).min(span.offset + span.size);
-                (start < end).then_some((start, end - start))
-            })
-            .collect()
-    };
-    let mut out = Vec::new();
+    dirty: &ByteRanges,
+) -> ByteRanges {
+    let within = |span: Span| dirty.intersection(span.offset, span.size);
+    let mut out = ByteRanges::new();
     if secrets.iter().any(|s| s.partition == Role::Boot) {
-        out.extend(within(boot));
+        out.merge(&within(boot));
     }
     let root_secrets: Vec<&SecretFile> = secrets
         .iter()
@@ -115,18 +107,16 @@ pub fn secret_ranges(
     let mapped = imgbuild_ext2fs::Fs::open(image, root.offset, false).and_then(|fs| {
         let mut ranges = Vec::new();
         for s in &root_secrets {
-            for (off, len) in fs.data_ranges(&s.path)? {
-                ranges.push((root.offset + off, len));
-            }
+            ranges.extend(fs.data_ranges(&s.path)?);
         }
-        Ok(ranges)
+        Ok(ByteRanges::from_unsorted(ranges).shifted(root.offset))
     });
     match mapped {
-        Ok(ranges) => out.extend(ranges),
+        Ok(ranges) => out.merge(&ranges),
         Err(e) => {
             tracing::info!("secret files not mapped ({e}): no chunk the build wrote in the root file system is cached");
-            out.extend(within(root));
+            out.merge(&within(root));
         }
     }
-    crate::apply::merge(out)
+    out
 }

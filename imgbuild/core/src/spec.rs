@@ -71,6 +71,8 @@ pub struct BuildSpec {
     pub epoch: i64,
     /// The user's umask: outputs of an image without secrets get `0666 & !umask`.
     pub umask: u32,
+    /// `[image]`: how to grow the image, if at all.
+    pub growth: Option<crate::config::Growth>,
     /// Warnings for the user (e.g. a claim certificate that expires soon).
     pub warnings: Vec<String>,
 }
@@ -102,6 +104,7 @@ impl BuildSpec {
             Err(e) => Err(Error::msg(e.message())),
         };
 
+        let growth = config.growth()?;
         let mut plan = plan::make(&config, &config_dir)?;
         let mut warnings = Vec::new();
         let mut preseed_debs = None;
@@ -167,6 +170,7 @@ impl BuildSpec {
             compress: opts.compress,
             epoch,
             umask: opts.umask,
+            growth,
             warnings,
         })
     }

@@ -15,9 +15,10 @@
 
 use crate::access::{self, ImageFiles};
 use crate::board::{AccessStyle, Board, Role};
+use crate::bootconfig;
 use crate::config::{IdRef, OwnerSpec};
 use crate::error::{Context, Error, Result};
-use crate::fs::fat::{self, FatFs};
+use crate::fs::fat::FatFs;
 use crate::plan::{Entry, EntryKind, Plan};
 use crate::spec::PreseedDebs;
 use crate::units;
@@ -121,7 +122,7 @@ pub struct Probe {
 impl Probe {
     /// Opens the root (ext4) and boot (FAT) file systems of `image` for reading.
     pub fn open(image: &Path, root_offset: u64, boot_offset: u64, boot_size: u64) -> Result<Probe> {
-        let root = Fs::open(image, root_offset, false).map_err(ext4_err)?;
+        let root = Fs::open(image, root_offset, false)?;
         let boot = FatFs::open(image, boot_offset, boot_size, 0)?;
         Ok(Probe { root, boot })
     }
@@ -129,10 +130,10 @@ impl Probe {
 
 impl ImageView for Probe {
     fn root_stat(&self, path: &str) -> Result<Option<imgbuild_ext2fs::Stat>> {
-        self.root.stat(path).map_err(ext4_err)
+        self.root.stat(path).map_err(Error::from)
     }
     fn root_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match self.root.stat(path).map_err(ext4_err)? {
+        match self.root.stat(path)? {
             Some(s) if s.kind == FileKind::Regular || s.kind == FileKind::Symlink => {
                 match self.root.read_file(path) {
                     Ok(data) => Ok(Some(data)),
@@ -140,28 +141,24 @@ impl ImageView for Probe {
                         tracing::debug!(path, error = %e, "symlink is not a readable file");
                         Ok(None)
                     }
-                    Err(e) => Err(ext4_err(e)),
+                    Err(e) => Err(e.into()),
                 }
             }
             _ => Ok(None),
         }
     }
     fn root_link(&self, path: &str) -> Result<String> {
-        self.root.read_link(path).map_err(ext4_err)
+        self.root.read_link(path).map_err(Error::from)
     }
     fn root_dir(&self, path: &str) -> Result<Vec<String>> {
-        match self.root.stat(path).map_err(ext4_err)? {
-            Some(_) => self.root.read_dir(path).map_err(ext4_err),
+        match self.root.stat(path)? {
+            Some(_) => self.root.read_dir(path).map_err(Error::from),
             None => Ok(Vec::new()),
         }
     }
     fn boot_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
         self.boot.read_file(path)
     }
-}
-
-fn ext4_err(e: imgbuild_ext2fs::Error) -> Error {
-    Error::msg(format!("root file system: {e}"))
 }
 
 /// Turns `plan` into the writes that carry it out on `image` (see the module documentation);
@@ -518,14 +515,15 @@ impl Staged<'_> {
                     "boot.cmdline_append: {path} is missing on the boot partition of this image"
                 );
             };
-            let new = fat::cmdline_append(&String::from_utf8_lossy(&old), &plan.cmdline_append);
+            let new =
+                bootconfig::cmdline_append(&String::from_utf8_lossy(&old), &plan.cmdline_append);
             self.boot_file(&path, new.into_bytes(), "[boot] cmdline_append")?;
             if let Some(persist) = files.cmdline_persist.as_deref() {
                 // One line, no comments (raspi-firmware pastes it after its own tokens).
                 let old = self.read_root(persist)?.unwrap_or_default();
                 let old = String::from_utf8_lossy(&old);
                 let old = old.lines().next().unwrap_or("").trim();
-                let new = fat::cmdline_append(old, &plan.cmdline_append);
+                let new = bootconfig::cmdline_append(old, &plan.cmdline_append);
                 let new = format!("{}\n", new.trim());
                 self.persist(persist, new, "[boot] cmdline_append (kept across upgrades)")?;
             }
@@ -539,11 +537,12 @@ impl Staged<'_> {
             };
             let path = format!("/{}", name.trim_start_matches('/'));
             let old = ImageFiles::boot_file(self, &path)?.unwrap_or_default();
-            let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
+            let new = bootconfig::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
             self.boot_file(&path, new.into_bytes(), "[boot.config]")?;
             if let Some(persist) = files.config_persist.as_deref() {
                 let old = self.read_root(persist)?.unwrap_or_default();
-                let new = fat::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
+                let new =
+                    bootconfig::config_txt_set(&String::from_utf8_lossy(&old), &plan.config_set);
                 self.persist(persist, new, "[boot.config] (kept across upgrades)")?;
             }
         }

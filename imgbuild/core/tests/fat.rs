@@ -10,7 +10,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use imgbuild_core::fs::fat::{cmdline_append, config_txt_set, FatFs};
+use imgbuild_core::bootconfig::{cmdline_append, config_txt_set};
+use imgbuild_core::fs::fat::FatFs;
+use imgbuild_core::fs::ByteRanges;
 use sha2::{Digest, Sha256};
 
 /// 2024-02-29 13:14:15 UTC, the time stamp every test writes with.
@@ -240,7 +242,7 @@ impl Fixture {
     /// The full check after a session: fsck clean, mtools reads back exactly the model, nothing
     /// outside the partition changed, and every changed byte lies in a reported written range
     /// inside the partition.
-    fn verify(&self, before: &[u8], ranges: &[(u64, u64)]) {
+    fn verify(&self, before: &[u8], ranges: &ByteRanges) {
         self.fsck();
         for (path, data) in &self.files {
             assert_eq!(
@@ -262,19 +264,89 @@ impl Fixture {
             "bytes outside the partition changed"
         );
         assert_ranges_cover_changes(before, &after, ranges);
-        for &(start, end) in ranges {
+        for (start, len) in ranges {
             assert!(
-                start < end && start >= self.offset && end <= self.offset + self.len,
-                "range {start}..{end}"
+                len > 0 && start >= self.offset && start + len <= self.offset + self.len,
+                "range {start}+{len}"
             );
         }
+    }
+
+    /// Checks the `.` and `..` entries of every directory cluster in the partition, read from
+    /// the raw bytes (the FAT specification's rules, which `fatfs` 0.3.6 broke unpatched: see
+    /// vendor/fatfs/PATCHES.md): `.` is a short-name entry in slot 0 naming the directory's own
+    /// cluster, `..` is in slot 1 and names the parent's cluster, or 0 when the parent is the
+    /// root directory (also on FAT32), and neither appears anywhere else. Returns the number
+    /// of directories found and how many of them have a parent other than the root.
+    fn check_dot_entries(&self) -> (usize, usize) {
+        let image = self.read_image();
+        let b = &image[self.offset as usize..(self.offset + self.len) as usize];
+        let u16_at = |at: usize| u64::from(u16::from_le_bytes([b[at], b[at + 1]]));
+        let u32_at =
+            |at: usize| u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]));
+        let sector = u16_at(11);
+        let fat_sectors = if u16_at(22) == 0 {
+            u32_at(36)
+        } else {
+            u16_at(22)
+        };
+        let root_cluster = if u16_at(22) == 0 { u32_at(44) } else { 0 };
+        let root_dir_sectors = (u16_at(17) * 32).div_ceil(sector);
+        let data =
+            ((u16_at(14) + u64::from(b[16]) * fat_sectors + root_dir_sectors) * sector) as usize;
+        let cluster_size = (sector * u64::from(b[13])) as usize;
+        let entry = |cluster: usize, slot: usize| {
+            let at = data + cluster * cluster_size + slot * 32;
+            let e = &b[at..at + 32];
+            let first = u64::from(u16::from_le_bytes([e[26], e[27]]))
+                | (u64::from(u16::from_le_bytes([e[20], e[21]])) << 16);
+            (&e[..11], e[11], first)
+        };
+        let clusters = (b.len() - data) / cluster_size;
+        let mut parents = BTreeMap::new();
+        for c in 0..clusters {
+            for slot in 0..cluster_size / 32 {
+                let (name, attr, first) = entry(c, slot);
+                let dot = name == b".          ";
+                let dotdot = name == b"..         ";
+                match slot {
+                    0 if dot => {
+                        assert_eq!(attr & 0x10, 0x10, "`.` of cluster {} is a directory", c + 2);
+                        assert_eq!(first, c as u64 + 2, "`.` names its own cluster");
+                        let (name1, attr1, parent) = entry(c, 1);
+                        assert_eq!(name1, b"..         ", "slot 1 of cluster {} is `..`", c + 2);
+                        assert_eq!(attr1 & 0x10, 0x10);
+                        assert!(
+                            root_cluster == 0 || parent != root_cluster,
+                            "`..` of cluster {} names the FAT32 root cluster instead of 0",
+                            c + 2
+                        );
+                        parents.insert(c as u64 + 2, parent);
+                    }
+                    1 if dotdot && entry(c, 0).0 == b".          " => {}
+                    _ => assert!(
+                        !dot && !dotdot,
+                        "a `.` or `..` entry in slot {slot} of cluster {}",
+                        c + 2
+                    ),
+                }
+            }
+        }
+        for (dir, parent) in &parents {
+            assert!(
+                *parent == 0 || parents.contains_key(parent),
+                "`..` of the directory at cluster {dir} names cluster {parent}, not a directory"
+            );
+        }
+        let nested = parents.values().filter(|p| **p != 0).count();
+        (parents.len(), nested)
     }
 
     /// Opens, runs `ops`, closes, and verifies the result against the state before.
     fn session(
         &mut self,
         ops: impl FnOnce(&mut FatFs, &mut BTreeMap<String, Vec<u8>>),
-    ) -> Vec<(u64, u64)> {
+    ) -> ByteRanges {
         let before = self.read_image();
         let mut fat = self.open();
         ops(&mut fat, &mut self.files);
@@ -286,17 +358,18 @@ impl Fixture {
 
 /// Every byte that differs between `before` and `after` lies inside one of `ranges`
 /// (compared in 4 KiB blocks, then byte by byte inside differing blocks not wholly covered).
-fn assert_ranges_cover_changes(before: &[u8], after: &[u8], ranges: &[(u64, u64)]) {
+fn assert_ranges_cover_changes(before: &[u8], after: &[u8], ranges: &ByteRanges) {
     assert_eq!(before.len(), after.len());
     assert!(
-        ranges.windows(2).all(|w| w[0].1 < w[1].0),
+        ranges
+            .as_slice()
+            .windows(2)
+            .all(|w| w[0].0 + w[0].1 < w[1].0),
         "ranges are sorted and merged: {ranges:?}"
     );
-    // Whether [start, end) lies inside one range.
-    let covered = |start: u64, end: u64| {
-        let i = ranges.partition_point(|&(s, _)| s <= start);
-        i > 0 && ranges[i - 1].1 >= end
-    };
+    // Whether [start, end) lies inside the ranges.
+    let covered =
+        |start: u64, end: u64| ranges.intersection(start, end - start).total_bytes() == end - start;
     const BLOCK: usize = 4096;
     for (i, (a, b)) in before.chunks(BLOCK).zip(after.chunks(BLOCK)).enumerate() {
         let start = (i * BLOCK) as u64;
@@ -369,6 +442,12 @@ fn create_replace_delete(kind: Kind) {
         write(fat, files, "/overlays/new-overlay.dtbo", noise(5, 70_000));
     });
     assert!(!ranges.is_empty());
+    // overlays (made by mtools), firstboot and firstboot/Greengrass (made by fatfs).
+    let (dirs, nested) = fx.check_dot_entries();
+    assert!(
+        dirs >= 3 && nested >= 1,
+        "{dirs} directories, {nested} nested"
+    );
     let listing =
         String::from_utf8(fx.mtools("mdir", &["::/firstboot/Greengrass"]).stdout).unwrap();
     assert!(

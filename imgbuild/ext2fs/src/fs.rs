@@ -6,6 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use imgbuild_ranges::ByteRanges;
+
 use crate::error::{Error, ErrorKind};
 use crate::path;
 use crate::raw::{code, Code, Inode, RawFs};
@@ -360,17 +362,17 @@ impl Fs {
             .map_err(|rc| Error::from_code("close", &image, rc, 0, 0))
     }
 
-    /// Byte ranges `(offset in the image file, length)` written so far, sorted and merged.
+    /// Byte ranges of the image file (offsets from its start) written so far.
     /// Empty unless opened with [`Fs::open_tracked`]. Writes still buffered in the library
     /// (bitmaps, group descriptors, superblock, the block cache) are missing until they are
-    /// flushed at close; [`Fs::close_tracked`] returns the complete list.
-    pub fn written_ranges(&self) -> Vec<(u64, u64)> {
+    /// flushed at close; [`Fs::close_tracked`] returns the complete set.
+    pub fn written_ranges(&self) -> ByteRanges {
         self.raw.tracker().map(|t| t.ranges()).unwrap_or_default()
     }
 
     /// Closes the file system and returns every byte range written to the image file, including
-    /// the final flush. Equivalent to [`Fs::close`] for untracked file systems (empty list).
-    pub fn close_tracked(self) -> Result<Vec<(u64, u64)>, Error> {
+    /// the final flush. Equivalent to [`Fs::close`] for untracked file systems (empty set).
+    pub fn close_tracked(self) -> Result<ByteRanges, Error> {
         let tracker = self.raw.tracker().cloned();
         self.close()?;
         Ok(tracker.map(|t| t.ranges()).unwrap_or_default())

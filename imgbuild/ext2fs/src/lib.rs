@@ -43,3 +43,4 @@ mod sys {
 
 pub use error::{Error, ErrorKind};
 pub use fs::{FileKind, Fs, Meta, Stat};
+pub use imgbuild_ranges::ByteRanges;

@@ -10,11 +10,13 @@ use std::ffi::{c_char, c_int, c_ulong, c_ulonglong, c_void};
 use std::ptr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use imgbuild_ranges::ByteRanges;
+
 use crate::raw::{code, Code, RawResult};
 use crate::sys;
 
-/// Recorded `(offset in the image file, length)` pairs, shared by the channel and the `Fs`.
-type Ranges = Arc<Mutex<Vec<(u64, u64)>>>;
+/// Recorded byte ranges of the image file, shared by the channel and the `Fs`.
+type Ranges = Arc<Mutex<ByteRanges>>;
 
 /// Handle kept by the file system to read the recorded ranges.
 #[derive(Clone)]
@@ -58,22 +60,12 @@ impl Tracker {
         Ok(Tracker { ranges })
     }
 
-    /// Recorded writes, sorted and with overlapping or touching ranges merged.
-    pub(crate) fn ranges(&self) -> Vec<(u64, u64)> {
-        let mut all = self
-            .ranges
+    /// Recorded writes.
+    pub(crate) fn ranges(&self) -> ByteRanges {
+        self.ranges
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        all.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-        for (start, len) in all {
-            match merged.last_mut() {
-                Some((s, l)) if start <= *s + *l => *l = (*l).max(start + len - *s),
-                _ => merged.push((start, len)),
-            }
-        }
-        merged
+            .clone()
     }
 }
 
@@ -86,12 +78,10 @@ struct Channel {
 
 impl Channel {
     fn record(&self, start: u64, len: u64) {
-        if len > 0 {
-            self.ranges
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((self.offset.saturating_add(start), len));
-        }
+        self.ranges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.offset.saturating_add(start), len);
     }
 
     /// Records a block write of `count` blocks (a negative count is a byte count).

@@ -279,15 +279,18 @@ fn tracked_ranges_cover_every_changed_byte() {
     let fs_end = img.offset + (64 << 20);
     for (start, len) in &ranges {
         assert!(
-            *start >= img.offset && start + len <= fs_end,
+            start >= img.offset && start + len <= fs_end,
             "range {start}+{len} outside the fs"
         );
     }
     assert!(
-        ranges.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0),
+        ranges
+            .as_slice()
+            .windows(2)
+            .all(|w| w[0].0 + w[0].1 < w[1].0),
         "sorted and merged"
     );
-    let covered = |i: u64| ranges.iter().any(|(s, l)| i >= *s && i < s + l);
+    let covered = |i: u64| ranges.iter().any(|(s, l)| i >= s && i < s + l);
     let changed: Vec<u64> = (0..after.len())
         .filter(|&i| after[i] != before[i])
         .map(|i| i as u64)
@@ -300,7 +303,7 @@ fn tracked_ranges_cover_every_changed_byte() {
         missed.len(),
         missed[0]
     );
-    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let total = ranges.total_bytes();
     assert!(
         total < 8 << 20,
         "tracking reports {total} bytes for a few small changes"

@@ -10,6 +10,7 @@ use crate::encode::{compress_block, encoder_memory, STREAM_FLAGS};
 use crate::error::{bail, Context, Result};
 use crate::parallel::{default_threads, for_each_ordered};
 use crate::xzformat::{index_and_footer, stream_header, Block};
+use imgbuild_ranges::ByteRanges;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
@@ -38,7 +39,7 @@ pub struct XzOptions {
     pub memory_limit: Option<u64>,
     /// Byte ranges of the raw image whose chunks never go through the cache (neither looked up
     /// nor stored): they hold secret bytes, which must not outlive the build in a cache file.
-    pub never_cache: Vec<Range<u64>>,
+    pub never_cache: ByteRanges,
 }
 
 impl Default for XzOptions {
@@ -49,7 +50,7 @@ impl Default for XzOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             threads: 0,
             memory_limit: None,
-            never_cache: Vec::new(),
+            never_cache: ByteRanges::new(),
         }
     }
 }
@@ -279,8 +280,7 @@ impl<'a> Job<'a> {
             && self
                 .opts
                 .never_cache
-                .iter()
-                .any(|r| r.start < range.end && range.start < r.end)
+                .overlaps(range.start, range.end - range.start)
     }
 
     fn read(&self, range: &Range<u64>, buf: &mut Vec<u8>) -> Result<()> {

@@ -3,6 +3,7 @@
 
 use crate::cache::ChunkIndex;
 use crate::chunks::Hash;
+use imgbuild_ranges::ByteRanges;
 use std::ops::Range;
 
 /// The base image's chunk hashes plus the byte ranges written since (sorted, merged).
@@ -14,7 +15,7 @@ use std::ops::Range;
 #[derive(Debug, Clone)]
 pub struct DirtyMap {
     base: ChunkIndex,
-    ranges: Vec<Range<u64>>,
+    ranges: ByteRanges,
 }
 
 impl DirtyMap {
@@ -22,28 +23,22 @@ impl DirtyMap {
     pub fn new(base: ChunkIndex) -> DirtyMap {
         DirtyMap {
             base,
-            ranges: Vec::new(),
+            ranges: ByteRanges::new(),
         }
     }
 
     /// Records that `len` bytes at `offset` were written (empty writes are ignored).
     pub fn mark(&mut self, offset: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        let (mut start, mut end) = (offset, offset.saturating_add(len));
-        // Ranges that overlap or touch [start, end) are merged into it.
-        let first = self.ranges.partition_point(|r| r.end < start);
-        let last = self.ranges.partition_point(|r| r.start <= end);
-        if first < last {
-            start = start.min(self.ranges[first].start);
-            end = end.max(self.ranges[last - 1].end);
-        }
-        self.ranges.splice(first..last, std::iter::once(start..end));
+        self.ranges.insert(offset, len);
     }
 
-    /// The written ranges, sorted and merged.
-    pub fn ranges(&self) -> &[Range<u64>] {
+    /// Records every range of `ranges` as written.
+    pub fn mark_all(&mut self, ranges: &ByteRanges) {
+        self.ranges.merge(ranges);
+    }
+
+    /// The written ranges.
+    pub fn ranges(&self) -> &ByteRanges {
         &self.ranges
     }
 
@@ -61,8 +56,9 @@ impl DirtyMap {
         if range.start != i as u64 * base.chunk_size || range.end != base_end {
             return None;
         }
-        let j = self.ranges.partition_point(|r| r.end <= range.start);
-        let touched = self.ranges.get(j).is_some_and(|r| r.start < range.end);
+        let touched = self
+            .ranges
+            .overlaps(range.start, range.end.saturating_sub(range.start));
         (!touched).then_some(hash)
     }
 }
@@ -89,9 +85,12 @@ mod tests {
         ] {
             m.mark(o, l);
         }
-        assert_eq!(m.ranges(), &[0..1, 50..65, 100..205, 1000..1001]);
-        m.mark(0, 2000);
-        assert_eq!(m.ranges(), std::slice::from_ref(&(0..2000)));
+        assert_eq!(
+            m.ranges().as_slice(),
+            &[(0, 1), (50, 15), (100, 105), (1000, 1)]
+        );
+        m.mark_all(&[(0, 2000)].into_iter().collect());
+        assert_eq!(m.ranges().as_slice(), &[(0, 2000)]);
     }
 
     #[test]

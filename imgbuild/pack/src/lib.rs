@@ -71,3 +71,4 @@ pub use chunks::{chunk_hashes, file_sha256, Hash, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 pub use compress::{compress_xz, XzOptions, XzStats, DEFAULT_CHUNK_SIZE};
 pub use dirty::DirtyMap;
 pub use error::{Error, Result};
+pub use imgbuild_ranges::ByteRanges;

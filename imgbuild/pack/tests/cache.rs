@@ -4,8 +4,7 @@
 mod common;
 
 use common::*;
-use imgbuild_pack::{chunk_hashes, compress_xz, ChunkCache, ChunkIndex, DirtyMap};
-use std::ops::Range;
+use imgbuild_pack::{chunk_hashes, compress_xz, ByteRanges, ChunkCache, ChunkIndex, DirtyMap};
 
 const CHUNK: u64 = 256 * 1024;
 
@@ -64,11 +63,11 @@ fn damaged_cache_files_are_recompressed_not_trusted() {
 }
 
 /// Chunks of an image of `len` bytes that overlap any of `ranges`.
-fn touched(len: u64, ranges: &[Range<u64>]) -> u64 {
+fn touched(len: u64, ranges: &ByteRanges) -> u64 {
     (0..len.div_ceil(CHUNK))
         .filter(|i| {
             let (s, e) = (i * CHUNK, ((i + 1) * CHUNK).min(len));
-            ranges.iter().any(|r| r.start < e && r.end > s)
+            ranges.overlaps(s, e - s)
         })
         .count() as u64
 }
@@ -102,7 +101,7 @@ fn dirty_map_reads_only_touched_chunks_and_matches_a_cold_run() {
         patch(&image, offset, bytes);
         dirty.mark(offset, bytes.len() as u64);
     }
-    let ranges = dirty.ranges().to_vec();
+    let ranges = dirty.ranges().clone();
     let (warm, stats) = compress(&image, &opts(CHUNK), Some(&cache), Some(&dirty));
 
     let n = touched(len, &ranges);
@@ -195,7 +194,7 @@ fn never_cache_ranges_stay_out_of_the_cache_and_the_output_is_unchanged() {
     let cache_dir = dir.path().join("cache");
     let cache = ChunkCache::new(&cache_dir).expect("cache");
     let secret_opts = imgbuild_pack::XzOptions {
-        never_cache: std::iter::once(at..at + secret.len() as u64).collect(),
+        never_cache: std::iter::once((at, secret.len() as u64)).collect(),
         ..opts(CHUNK)
     };
     let (with_secret, stats) = compress(&raw, &secret_opts, Some(&cache), None);
