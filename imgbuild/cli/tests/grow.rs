@@ -13,32 +13,28 @@ use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 
-/// Raspberry Pi OS shape, 128 MiB (boot 64 MiB at 4 MiB, root 60 MiB from 68 MiB).
-fn small_fixture(dir: &Path) -> Fixture {
+/// Raspberry Pi OS shape, 128 MiB (boot 64 MiB at 4 MiB, root 60 MiB from 68 MiB), with
+/// `filler_mib` MiB of data in the root.
+fn small_fixture_with(dir: &Path, filler_mib: u64) -> Fixture {
     let opts = FixtureOptions {
         layout: Layout::RpiOs,
         image_mib: 128,
         boot_mib: 64,
         big_dir_entries: 40,
+        root_filler_mib: filler_mib,
         ..FixtureOptions::default()
     };
     build_fixture(dir, &opts)
 }
 
+fn small_fixture(dir: &Path) -> Fixture {
+    small_fixture_with(dir, 0)
+}
+
 fn build(dir: &Path, base: &Path, cache: &Path, out: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "--board",
-        "rpi4",
-        "--base",
-        base.to_str().expect("utf8"),
-        "--out",
-        out,
-        "--name",
-        "g",
-        "-v",
-        "--cache-dir",
-        cache.to_str().expect("utf8"),
-    ];
+    let (base, cache) = (base.to_str().expect("utf8"), cache.to_str().expect("utf8"));
+    let mut args = vec!["--board", "rpi4", "--base", base, "--cache-dir", cache];
+    args.extend(["--out", out, "--name", "g", "-v"]);
     args.extend_from_slice(extra);
     let o = imgbuild(dir, &args);
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -151,4 +147,43 @@ fn shrinking_or_a_bad_size_is_one_error_line_and_no_output() {
         &["imgbuild.toml", "image.size", "\"4GB\""],
     );
     assert_eq!(std::fs::metadata(&f.path).expect("stat").len(), 128 * MIB);
+}
+
+#[test]
+fn a_payload_larger_than_the_free_space_fits_once_the_root_grows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // About 10 MiB free in the root; the payload is 24 MiB.
+    let f = small_fixture_with(dir.path(), 44);
+    imgbuild_testkit::random_bytes_file(&dir.path().join("payload.bin"), 24 * MIB);
+    let file = "[[file]]\npath = \"/opt/payload.bin\"\nsource = \"payload.bin\"\n";
+    std::fs::write(dir.path().join("imgbuild.toml"), file).expect("config");
+    let base = f.path.to_str().expect("utf8");
+    let args = ["--board", "rpi4", "--base", base, "--compress", "none"];
+    let o = imgbuild(dir.path(), &[&args[..], &["--out", "full"]].concat());
+    assert_fails(
+        &o,
+        &dir.path().join("full"),
+        &[
+            "root file system full",
+            "use [image] size or [image] grow_root",
+        ],
+    );
+
+    std::fs::write(
+        dir.path().join("imgbuild.toml"),
+        format!("{file}\n[image]\ngrow_root = \"+32MiB\"\n"),
+    )
+    .expect("config");
+    let o = imgbuild(
+        dir.path(),
+        &[&args[..], &["--out", "grown", "--name", "g"]].concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = dir.path().join("grown/g.img");
+    assert_eq!(std::fs::metadata(&img).expect("stat").len(), 160 * MIB);
+    assert_fs_clean(&img, &f);
+    assert_eq!(
+        debugfs_cat(&img, f.root.offset_bytes, "/opt/payload.bin"),
+        std::fs::read(dir.path().join("payload.bin")).expect("payload")
+    );
 }

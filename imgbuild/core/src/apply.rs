@@ -5,9 +5,11 @@
 
 use crate::board::Role;
 use crate::error::{Error, Result};
+use crate::fs::ext4::Ext4;
 use crate::fs::fat::FatFs;
+use crate::fs::{FileSystem, Kind};
 use crate::writes::{Op, Owned, Write};
-use imgbuild_ext2fs::{FileKind, Fs, Meta};
+use imgbuild_ext2fs::Meta;
 use imgbuild_ranges::ByteRanges;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -71,13 +73,11 @@ pub struct Target<'a> {
 
 /// Executes `ops` in order on the image.
 pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
-    let mut root = Fs::open_tracked(t.image, t.root.offset)?;
-    root.set_time(t.epoch);
+    let root = Ext4::open(t.image, t.root.offset, t.epoch)?;
     let boot = FatFs::open(t.image, t.boot.offset, t.boot.size, t.epoch)?;
     let mut w = Writer {
         root,
         boot,
-        epoch: t.epoch,
         written: Vec::new(),
     };
     for (i, op) in ops.iter().enumerate() {
@@ -91,7 +91,7 @@ pub fn apply(t: &Target, ops: &[Op]) -> Result<Applied> {
         written,
         ..
     } = w;
-    let mut dirty = root.close_tracked()?;
+    let mut dirty = root.close()?;
     dirty.merge(&boot.close()?);
     Ok(Applied { written, dirty })
 }
@@ -137,20 +137,14 @@ fn root_full(e: Error, op: &Op, rest: &[Op], block_size: u64) -> Error {
 }
 
 struct Writer {
-    root: Fs,
+    root: Ext4,
     boot: FatFs,
-    epoch: i64,
     written: Vec<Written>,
 }
 
 impl Writer {
     fn meta(&self, o: Owned) -> Meta {
-        Meta {
-            mode: o.mode,
-            uid: o.uid,
-            gid: o.gid,
-            mtime: self.epoch,
-        }
+        self.root.meta(o.mode, o.uid, o.gid)
     }
 
     fn execute(&mut self, op: &Op) -> Result<()> {
@@ -196,15 +190,15 @@ impl Writer {
     /// Creates the directory `path` (missing parents get `meta` too) or, when `reset` is set, gives an
     /// existing one `meta`; an existing directory without `reset` is left alone and not recorded.
     fn write_root_dir(&mut self, path: &str, meta: Meta, reset: bool, origin: &str) -> Result<()> {
-        match self.root.stat(path)? {
-            Some(s) if s.kind == FileKind::Directory => {
+        match self.root.kind(path)? {
+            Some(Kind::Dir) => {
                 if !reset {
                     return Ok(());
                 }
                 self.root.set_meta(path, &meta)?;
             }
             Some(_) => crate::bail!("{origin}: {path} exists in the image and is not a directory"),
-            None => self.root.mkdir_p(path, &meta)?,
+            None => self.root.mkdir_p_as(path, &meta)?,
         }
         self.record_root(path, "dir", 0, None, None, meta, origin);
         Ok(())
@@ -215,26 +209,23 @@ impl Writer {
         if parent.is_empty() {
             return Ok(());
         }
-        match self.root.stat(parent)? {
-            Some(s) if s.kind == FileKind::Directory => Ok(()),
-            Some(s) if s.kind == FileKind::Symlink => Ok(()),
+        match self.root.kind(parent)? {
+            Some(Kind::Dir | Kind::Symlink) => Ok(()),
             Some(_) => crate::bail!("root file system: {parent} exists and is not a directory"),
             None => {
                 let meta = self.meta(Owned::root(0o755));
-                self.root.mkdir_p(parent, &meta).map_err(Error::from)
+                self.root.mkdir_p_as(parent, &meta).map_err(Error::from)
             }
         }
     }
 
     fn write_root_file(&mut self, path: &str, data: &[u8], meta: Meta, origin: &str) -> Result<()> {
         self.ensure_parent(path)?;
-        if let Some(s) = self.root.stat(path)? {
-            if s.kind == FileKind::Directory {
-                crate::bail!("{origin}: {path} is a directory in the image, not a file");
-            }
+        if self.root.kind(path)? == Some(Kind::Dir) {
+            crate::bail!("{origin}: {path} is a directory in the image, not a file");
         }
         self.root
-            .write_file(path, data, &meta)
+            .write_file_as(path, data, &meta)
             .map_err(|e| Error::from(e).context(format_args!("{origin}: writing {path}")))?;
         let sha = hex::encode(Sha256::digest(data));
         self.record_root(
@@ -274,9 +265,7 @@ impl Writer {
     }
 
     fn write_boot_file(&mut self, path: &str, data: &[u8], origin: &str) -> Result<()> {
-        self.boot
-            .write_file(path, data)
-            .map_err(|e| e.context(origin))?;
+        FileSystem::write_file(&mut self.boot, path, data).map_err(|e| e.context(origin))?;
         self.written.push(Written {
             partition: Role::Boot,
             path: path.to_string(),

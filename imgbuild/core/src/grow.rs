@@ -5,10 +5,11 @@
 //! The steps: the image file is extended (sparse); the root partition's end moves to a 1 MiB
 //! boundary (what sfdisk aligns partitions to), in the MBR entry or in both GPT partition arrays
 //! with the backup GPT header and array moved to the new last sectors ([`disk::grow_last_partition`]);
-//! the ext4 file system is grown to exactly the new partition size (whole blocks) by `resize2fs`.
+//! the ext4 file system is grown by `resize2fs` to the new partition size in whole blocks (less
+//! a last block group too small for its own metadata, which resize2fs leaves out).
 //!
 //! Why resize2fs runs on a scratch copy of the root partition and not on `IMAGE?offset=N`:
-//! resize2fs (e2fsprogs 1.47.0 `resize/main.c`, unchanged upstream since) opens a regular file
+//! resize2fs (e2fsprogs 1.47.0 `resize/main.c`, still so upstream) opens a regular file
 //! a second time and, after a successful resize, `ftruncate`s it to the new file-system size
 //! in bytes — ignoring the `offset=` io option. On a disk image that cuts everything past
 //! `size` bytes from the start of the disk, i.e. the end of the root partition it just grew
@@ -16,7 +17,9 @@
 //! 30 MiB file). Without an explicit size it would also size the file system to the whole file,
 //! overrunning the partition. So the root partition is copied out (data extents only, in the
 //! kernel with `copy_file_range`, shared extents on btrfs/XFS), grown there with an explicit
-//! block count, checked, and copied back. No loop device, no root.
+//! block count, checked, and compared with the image: only the pieces that changed are written
+//! back, and they are the exact dirty ranges the incremental packer re-hashes. No loop device,
+//! no root.
 
 use crate::apply::Span;
 use crate::board::{Board, Role};
@@ -41,9 +44,9 @@ pub struct Grown {
     pub root: Span,
     /// The image's size in bytes.
     pub disk_size: u64,
-    /// Byte ranges (offset, length) the growth wrote or may have written: the partition table
-    /// areas, and everything from the root partition's start to the new end of the disk
-    /// (resize2fs's writes are not tracked). Empty when nothing grew.
+    /// Byte ranges (offset, length) the growth changed: the partition table areas, the pieces
+    /// of the root partition resize2fs changed (found by comparing the grown copy with the
+    /// image), and the image's new tail. Empty when nothing grew.
     pub dirty: ByteRanges,
 }
 
@@ -143,26 +146,25 @@ pub fn grow(
         );
     }
 
-    // The image: everything from the root partition on is replaced (the old backup GPT lies
-    // there), the file extended sparsely, the grown root copied back, the table rewritten.
+    // The image: extended sparsely, then only the bytes that differ from the grown copy are
+    // written back — what resize2fs wrote, and zeros over whatever lay past the old root
+    // partition (the old backup GPT) — so the dirty ranges are exact; then the table.
     let out = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(image)
         .context(|| format!("{}: cannot open for writing", image.display()))?;
     let io = |e: std::io::Error| Error::msg(format!("[image]: growing {}: {e}", image.display()));
-    out.set_len(root.start).map_err(io)?;
     out.set_len(layout.disk_size).map_err(io)?;
-    crate::check::copy_range(copy.as_file(), 0, new_root_size, &out, root.start).map_err(io)?;
+    let mut dirty =
+        write_differences(copy.as_file(), &out, root.start, new_root_size).map_err(io)?;
     out.sync_all().map_err(io)?;
     drop(out);
     drop(copy);
-    let mut dirty = ByteRanges::from_unsorted(disk::grow_last_partition(
-        image,
-        table,
-        index,
-        layout.root_end,
-    )?);
-    dirty.insert(root.start, layout.disk_size - root.start);
+    for (offset, len) in disk::grow_last_partition(image, table, index, layout.root_end)? {
+        dirty.insert(offset, len);
+    }
+    dirty.insert(table.disk_size, layout.disk_size - table.disk_size);
 
     let table = disk::read_table(image).map_err(|e| e.context("[image]: the grown image"))?;
     let root = table
@@ -274,6 +276,40 @@ fn layout(image: &Path, table: &Table, index: u32, growth: Growth) -> Result<Opt
         }
     };
     Ok(Some(layout))
+}
+
+/// Writes to `dst` at `at` the pieces of `src`'s first `len` bytes that differ from what `dst`
+/// holds there; returns the byte ranges written (offsets in `dst`). Ranges that are holes in both
+/// files are skipped without reading.
+fn write_differences(src: &File, dst: &File, at: u64, len: u64) -> std::io::Result<ByteRanges> {
+    const PIECE: u64 = 1 << 20;
+    let next_data = |file: &File, from: u64, end: u64| -> u64 {
+        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(from)) {
+            Ok(d) => d.min(end),
+            Err(rustix::io::Errno::NXIO) => end,
+            // no SEEK_DATA support: everything is data
+            Err(_) => from,
+        }
+    };
+    let (mut a, mut b) = (vec![0u8; PIECE as usize], vec![0u8; PIECE as usize]);
+    let mut written = ByteRanges::default();
+    let mut pos = 0;
+    while pos < len {
+        let data = next_data(src, pos, len).min(next_data(dst, at + pos, at + len) - at);
+        if data >= len {
+            break;
+        }
+        pos = pos.max(data / PIECE * PIECE);
+        let n = (len - pos).min(PIECE) as usize;
+        src.read_exact_at(&mut a[..n], pos)?;
+        dst.read_exact_at(&mut b[..n], at + pos)?;
+        if a[..n] != b[..n] {
+            dst.write_all_at(&a[..n], at + pos)?;
+            written.insert(at + pos, n as u64);
+        }
+        pos += n as u64;
+    }
+    Ok(written)
 }
 
 /// What growing needs from an ext2/3/4 superblock.

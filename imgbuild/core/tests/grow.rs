@@ -76,6 +76,15 @@ fn dumpe2fs(img: &Path, offset: u64) -> (u64, u64, u64) {
     )
 }
 
+/// Extends (sparsely) or cuts the file at `path` to `len` bytes.
+fn set_len(path: &Path, len: u64) {
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .unwrap_or_else(|e| panic!("set the length of {}: {e}", path.display()));
+}
+
 /// sha256 of `len` bytes at `offset` of `img`.
 fn range_sha(img: &Path, offset: u64, len: u64) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -180,19 +189,48 @@ fn assert_grown(f: &Fixture, g: &Grown, before: &Before, disk_size: u64, root_en
         debugfs_ls(img, f.root.offset_bytes, &f.big_dir),
         before.big_dir
     );
-    // The dirty ranges cover the table at the start and everything from the root on.
+    // The dirty ranges cover every byte that changed (compared in 4 KiB blocks with the image
+    // as it was), the new tail, and no more than what changed plus table sectors and tail.
     let covered = |at: u64| g.dirty.contains(at);
+    let old = std::fs::read(before.image.path()).expect("read the old image");
+    let new = std::fs::read(img).expect("read the grown image");
+    let mut changed_mib = std::collections::BTreeSet::new();
+    for (i, (a, b)) in old.chunks(4096).zip(new.chunks(4096)).enumerate() {
+        if a != b {
+            let at = i as u64 * 4096;
+            changed_mib.insert(at / MIB);
+            let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0) as u64;
+            assert!(
+                covered(at + first),
+                "byte {} changed but is not dirty: {:?}",
+                at + first,
+                g.dirty
+            );
+        }
+    }
+    // Written back in 1 MiB pieces; the table areas are one sector and its neighbours.
+    let tail = disk_size - old.len() as u64;
+    let bound = tail + (changed_mib.len() as u64 + 2) * MIB;
+    assert!(
+        g.dirty.total_bytes() <= bound,
+        "dirty {} bytes, {} MiB pieces changed, tail {tail}: {:?}",
+        g.dirty.total_bytes(),
+        changed_mib.len(),
+        g.dirty
+    );
     assert!(covered(0), "{:?}", g.dirty);
     if f.layout == Layout::GenericGpt {
         assert!(covered(512) && covered(33 * 512 - 1), "{:?}", g.dirty);
     }
     assert!(covered(f.root.offset_bytes), "{:?}", g.dirty);
-    assert!(covered(disk_size - 1), "{:?}", g.dirty);
+    assert!(tail == 0 || covered(disk_size - 1), "{:?}", g.dirty);
     assert!(!covered(f.boot.offset_bytes), "{:?}", g.dirty);
 }
 
 /// What the fixture held before growing.
 struct Before {
+    /// A copy of the image.
+    image: tempfile::NamedTempFile,
     boot_sha: String,
     free_blocks: u64,
     passwd: Vec<u8>,
@@ -200,7 +238,15 @@ struct Before {
 }
 
 fn before(f: &Fixture) -> Before {
+    let image = tempfile::NamedTempFile::new_in(f.path.parent().expect("dir")).expect("tempfile");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&f.path)
+            .arg(image.path()),
+    );
     Before {
+        image,
         boot_sha: range_sha(&f.path, f.boot.offset_bytes, f.boot.size_bytes),
         free_blocks: dumpe2fs(&f.path, f.root.offset_bytes).1,
         passwd: debugfs_cat(&f.path, f.root.offset_bytes, "/etc/passwd"),
@@ -216,11 +262,7 @@ fn mbr_image_grows_to_a_size_like_sfdisk_grows_its_table() {
     // sfdisk's own resize of the same partition on the same extended image: the reference MBR.
     let reference = dir.path().join("reference.img");
     std::fs::copy(&f.path, &reference).expect("copy");
-    File::options()
-        .write(true)
-        .open(&reference)
-        .and_then(|r| r.set_len(192 * MIB))
-        .expect("extend reference");
+    set_len(&reference, 192 * MIB);
     sfdisk(&["--quiet", "-N", "2"], &reference, ", +\n");
 
     let g = grow_fixture(&f, Growth::ImageSize(192 * MIB), dir.path()).expect("grow");
@@ -262,14 +304,15 @@ fn gpt_root_grows_and_the_backup_gpt_moves_to_the_new_end() {
     );
     let json = sfdisk_json(&f.path);
     assert_eq!(json["partitiontable"]["lastlba"].as_u64(), Some(last - 33));
+    assert_ne!(
+        read_bytes(&f.path, 160 * MIB - 512, 8),
+        b"EFI PART",
+        "the old backup GPT header is still in the grown root partition"
+    );
 
     // sfdisk's relocation of the backup GPT and resize of the same partition, as reference: the
     // same primary header and array, the same backup array and header.
-    File::options()
-        .write(true)
-        .open(&reference)
-        .and_then(|r| r.set_len(224 * MIB))
-        .expect("extend reference");
+    set_len(&reference, 224 * MIB);
     run_ok(
         Command::new("sfdisk")
             .args(["--relocate", "gpt-bak-std"])
@@ -344,11 +387,7 @@ fn a_root_partition_that_is_not_last_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = fixture(dir.path(), Layout::RpiOs);
     // A third partition after the root.
-    File::options()
-        .write(true)
-        .open(&f.path)
-        .and_then(|r| r.set_len(160 * MIB))
-        .expect("extend");
+    set_len(&f.path, 160 * MIB);
     sfdisk(
         &["--quiet", "--append"],
         &f.path,
@@ -378,4 +417,34 @@ fn a_last_block_group_too_small_for_its_metadata_is_left_out_as_resize2fs_does()
     assert!(clean, "e2fsck -fn after growing:\n{report}");
     let (blocks, _, block_size) = dumpe2fs(&f.path, f.root.offset_bytes);
     assert_eq!((blocks, block_size), (32768, 4096));
+}
+
+#[test]
+fn a_root_with_1k_blocks_grows_by_many_block_groups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 1 KiB blocks: 8 MiB block groups, so 100 MiB more adds a dozen groups and their
+    // descriptors (in the reserved GDT blocks).
+    let opts = FixtureOptions {
+        layout: Layout::DebianRaspi,
+        image_mib: 128,
+        boot_mib: 64,
+        ext4_block_size: 1024,
+        big_dir_entries: 40,
+        ..FixtureOptions::default()
+    };
+    let f = build_fixture(dir.path(), &opts);
+    let was = before(&f);
+    let g = grow_fixture(&f, Growth::GrowRoot(100 * MIB), dir.path()).expect("grow");
+    assert_grown(&f, &g, &was, 228 * MIB, 228 * MIB);
+}
+
+#[test]
+fn free_space_after_the_root_is_used_before_the_image_grows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fixture(dir.path(), Layout::RpiOs);
+    // 32 MiB of unpartitioned space after the root partition.
+    set_len(&f.path, 160 * MIB);
+    let was = before(&f);
+    let g = grow_fixture(&f, Growth::GrowRoot(16 * MIB), dir.path()).expect("grow");
+    assert_grown(&f, &g, &was, 160 * MIB, 144 * MIB);
 }

@@ -266,6 +266,21 @@ impl Fs {
         Fs::open_inner(image, offset, true, true)
     }
 
+    /// Opens the file system that starts `offset` bytes into the image `overlay`, a
+    /// copy-on-write view of a base image: reads fall through to the base, which is never
+    /// written; writes (only `writable`) go to the overlay file and are recorded, so
+    /// [`Fs::written_ranges`] and [`Fs::close_tracked`] work as with [`Fs::open_tracked`].
+    /// Refusals as for [`Fs::open`].
+    pub fn open_overlay(
+        overlay: &std::sync::Arc<imgbuild_overlay::Overlay>,
+        offset: u64,
+        writable: bool,
+    ) -> Result<Fs, Error> {
+        let shown = overlay.base_path().display().to_string();
+        let raw = RawFs::open_overlay(std::sync::Arc::clone(overlay), offset, writable);
+        Fs::finish_open(raw, shown, offset, writable)
+    }
+
     fn open_inner(image: &Path, offset: u64, writable: bool, track: bool) -> Result<Fs, Error> {
         let shown = image.display().to_string();
         let ctx = Ctx {
@@ -274,7 +289,33 @@ impl Fs {
         };
         let c_image = CString::new(image.as_os_str().as_bytes())
             .map_err(|_| ctx.invalid("the image path contains a NUL byte".to_owned()))?;
-        let mut raw = RawFs::open(&c_image, offset, writable).map_err(|rc| {
+        let mut fs = Fs::finish_open(
+            RawFs::open(&c_image, offset, writable),
+            shown.clone(),
+            offset,
+            writable,
+        )?;
+        if track {
+            fs.raw
+                .track_writes(offset)
+                .map_err(|rc| Error::from_code("open", &shown, rc, 0, 0))?;
+        }
+        Ok(fs)
+    }
+
+    /// Turns a raw open into an [`Fs`]: errors named, a file system that may not be written
+    /// refused, bitmaps loaded for writing.
+    fn finish_open(
+        raw: crate::raw::RawResult<RawFs>,
+        shown: String,
+        offset: u64,
+        writable: bool,
+    ) -> Result<Fs, Error> {
+        let ctx = Ctx {
+            op: "open",
+            path: &shown,
+        };
+        let mut raw = raw.map_err(|rc| {
             let mut e = Error::from_code("open", &shown, rc, 0, 0);
             if rc == code(sys::EXT2_ET_SHORT_READ) || rc == code(sys::EXT2_ET_BAD_MAGIC) {
                 e = ctx.err(
@@ -289,10 +330,6 @@ impl Fs {
                 return Err(ctx.err(kind, reason));
             }
             raw.read_bitmaps()
-                .map_err(|rc| Error::from_code("open", &shown, rc, 0, 0))?;
-        }
-        if track {
-            raw.track_writes(offset)
                 .map_err(|rc| Error::from_code("open", &shown, rc, 0, 0))?;
         }
         Ok(Fs {

@@ -2,9 +2,10 @@
 //! ext2/3/4 file systems inside image files without mounting them: read files, directories and
 //! symlinks; create directories, files and symlinks; change owner/mode/mtime; remove entries.
 //!
-//! This is the only crate of imgbuild with `unsafe` code. It is confined to two modules:
-//! `raw` (one safe method per library call) and `tracking` (an I/O channel that records the
-//! byte ranges written). Everything public is safe.
+//! This is the only crate of imgbuild with `unsafe` code. It is confined to three modules:
+//! `raw` (one safe method per library call), `tracking` (an I/O channel that records the
+//! byte ranges written) and `overlay_io` (an I/O manager over a copy-on-write
+//! [`Overlay`], see [`Fs::open_overlay`]). Everything public is safe.
 //!
 //! ```no_run
 //! use imgbuild_ext2fs::{Fs, Meta};
@@ -23,6 +24,7 @@
 
 mod error;
 mod fs;
+mod overlay_io;
 mod path;
 mod raw;
 mod tracking;
@@ -43,4 +45,5 @@ mod sys {
 
 pub use error::{Error, ErrorKind};
 pub use fs::{FileKind, Fs, Meta, Stat};
+pub use imgbuild_overlay::Overlay;
 pub use imgbuild_ranges::ByteRanges;

@@ -201,6 +201,48 @@ impl RawFs {
         Ok(RawFs { fs, tracker: None })
     }
 
+    /// Opens the file system `offset` bytes into the image `overlay` (read-only or read-write)
+    /// through the overlay I/O manager ([`crate::overlay_io`]): the base file is never written,
+    /// writes go to the overlay and are recorded (see [`RawFs::tracker`]).
+    pub(crate) fn open_overlay(
+        overlay: std::sync::Arc<imgbuild_overlay::Overlay>,
+        offset: u64,
+        writable: bool,
+    ) -> RawResult<RawFs> {
+        init_error_table();
+        let mut flags = sys::EXT2_FLAG_64BITS | sys::EXT2_FLAG_SKIP_MMP;
+        if writable {
+            flags |= sys::EXT2_FLAG_RW;
+        }
+        let options = std::ffi::CString::new(format!("offset={offset}"))
+            .map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))?;
+        let ranges = crate::tracking::Ranges::default();
+        let registration =
+            crate::overlay_io::Registration::new(overlay, std::sync::Arc::clone(&ranges));
+        let mut fs: sys::ext2_filsys = ptr::null_mut();
+        // SAFETY: both strings are NUL-terminated and outlive the call; the manager is this
+        // crate's static table, whose `open` takes the overlay registered under that name;
+        // `fs` receives a new handle only on success.
+        let rc = unsafe {
+            sys::ext2fs_open2(
+                registration.name().as_ptr(),
+                options.as_ptr(),
+                flags as c_int,
+                0,
+                0,
+                crate::overlay_io::manager(),
+                &mut fs,
+            )
+        };
+        drop(registration);
+        check(rc)?;
+        let fs = NonNull::new(fs).ok_or(code(sys::EXT2_ET_MAGIC_EXT2FS_FILSYS))?;
+        Ok(RawFs {
+            fs,
+            tracker: Some(Tracker::shared(ranges)),
+        })
+    }
+
     /// Loads the block and inode allocation bitmaps (needed before any allocation).
     pub(crate) fn read_bitmaps(&mut self) -> RawResult<()> {
         // SAFETY: valid open handle (module invariant).

@@ -6,6 +6,7 @@
 //! (inner) channel. Only writes happen after the swap (opening reads only), so nothing written is
 //! missed. The outer channel owns the inner one and closes it when libext2fs closes the outer.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_ulong, c_ulonglong, c_void};
 use std::ptr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +17,7 @@ use crate::raw::{code, Code, RawResult};
 use crate::sys;
 
 /// Recorded byte ranges of the image file, shared by the channel and the `Fs`.
-type Ranges = Arc<Mutex<ByteRanges>>;
+pub(crate) type Ranges = Arc<Mutex<ByteRanges>>;
 
 /// Handle kept by the file system to read the recorded ranges.
 #[derive(Clone)]
@@ -25,6 +26,12 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker over ranges another channel records into (the overlay channel,
+    /// [`crate::overlay_io`], records its own writes).
+    pub(crate) fn shared(ranges: Ranges) -> Tracker {
+        Tracker { ranges }
+    }
+
     /// Wraps `fs`'s I/O channel; `offset` is where the file system starts in the image file.
     pub(crate) fn install(fs: sys::ext2_filsys, offset: u64) -> RawResult<Tracker> {
         let ranges: Ranges = Arc::default();
@@ -40,6 +47,10 @@ impl Tracker {
                 inner,
                 offset,
                 ranges: Arc::clone(&ranges),
+                stats: Cell::new(sys::struct_io_stats {
+                    num_fields: 2,
+                    ..Default::default()
+                }),
             });
             let mut outer: Box<sys::struct_io_channel> = Box::new(std::mem::zeroed());
             outer.magic = code(sys::EXT2_ET_MAGIC_IO_CHANNEL);
@@ -74,9 +85,33 @@ struct Channel {
     inner: sys::io_channel,
     offset: u64,
     ranges: Ranges,
+    /// Bytes read and written through this channel, returned by `get_stats`. libext2fs adds
+    /// the bytes written to the superblock's `s_kbytes_written` when it closes the file
+    /// system; counting them here (every byte handed to a write call, like the overlay
+    /// manager counts them) rather than asking unix_io (which counts what its block cache
+    /// writes back) gives the same superblock whichever channel made the same writes.
+    stats: Cell<sys::struct_io_stats>,
 }
 
 impl Channel {
+    fn count(&self, read: u64, written: u64) {
+        let mut s = self.stats.get();
+        s.bytes_read = s.bytes_read.saturating_add(read);
+        s.bytes_written = s.bytes_written.saturating_add(written);
+        self.stats.set(s);
+    }
+
+    /// Byte length of `count` blocks (a negative count is a byte count).
+    fn block_bytes(&self, count: i64) -> u64 {
+        // SAFETY: `inner` stays valid until the outer channel is closed.
+        let bs = u64::try_from(unsafe { (*self.inner).block_size }).unwrap_or(0);
+        if count < 0 {
+            count.unsigned_abs()
+        } else {
+            count.unsigned_abs().saturating_mul(bs)
+        }
+    }
+
     fn record(&self, start: u64, len: u64) {
         self.ranges
             .lock()
@@ -86,14 +121,8 @@ impl Channel {
 
     /// Records a block write of `count` blocks (a negative count is a byte count).
     fn record_blocks(&self, block: u64, count: i64) {
-        // SAFETY: `inner` stays valid until the outer channel is closed.
-        let bs = u64::try_from(unsafe { (*self.inner).block_size }).unwrap_or(0);
-        let len = if count < 0 {
-            count.unsigned_abs()
-        } else {
-            count.unsigned_abs().saturating_mul(bs)
-        };
-        self.record(block.saturating_mul(bs), len);
+        let bs = self.block_bytes(1);
+        self.record(block.saturating_mul(bs), self.block_bytes(count));
     }
 
     /// The inner channel's manager.
@@ -135,6 +164,21 @@ static MANAGER: Manager = Manager(sys::struct_io_manager {
 unsafe fn state<'a>(channel: sys::io_channel) -> &'a Channel {
     // SAFETY: guaranteed by the caller; `private_data` was set from `Box<Channel>`.
     unsafe { &*(*channel).private_data.cast::<Channel>() }
+}
+
+/// Adds a successful transfer of `count` blocks (negative: bytes) to the channel's statistics;
+/// returns `rc`.
+fn counted(channel: sys::io_channel, rc: Code, count: i64, write: bool) -> Code {
+    if rc == 0 {
+        // SAFETY: only called from the entry points below, with the live outer channel.
+        let st = unsafe { state(channel) };
+        let n = st.block_bytes(count);
+        match write {
+            true => st.count(0, n),
+            false => st.count(n, 0),
+        }
+    }
+    rc
 }
 
 const UNIMPLEMENTED: Code = sys::EXT2_ET_UNIMPLEMENTED as Code;
@@ -193,7 +237,8 @@ unsafe extern "C" fn t_read_blk(
     count: c_int,
     data: *mut c_void,
 ) -> Code {
-    forward!(channel, read_blk, block, count, data)
+    let rc = forward!(channel, read_blk, block, count, data);
+    counted(channel, rc, i64::from(count), false)
 }
 
 unsafe extern "C" fn t_write_blk(
@@ -205,7 +250,8 @@ unsafe extern "C" fn t_write_blk(
     // SAFETY: live outer channel.
     #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
     unsafe { state(channel) }.record_blocks(u64::from(block), i64::from(count));
-    forward!(channel, write_blk, block, count, data)
+    let rc = forward!(channel, write_blk, block, count, data);
+    counted(channel, rc, i64::from(count), true)
 }
 
 unsafe extern "C" fn t_flush(channel: sys::io_channel) -> Code {
@@ -221,7 +267,9 @@ unsafe extern "C" fn t_write_byte(
     // SAFETY: live outer channel.
     #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
     unsafe { state(channel) }.record(u64::from(offset), u64::try_from(count).unwrap_or(0));
-    forward!(channel, write_byte, offset, count, data)
+    let rc = forward!(channel, write_byte, offset, count, data);
+    // A byte count, like a negative block count.
+    counted(channel, rc, -i64::from(count.max(0)), true)
 }
 
 unsafe extern "C" fn t_set_option(
@@ -234,7 +282,12 @@ unsafe extern "C" fn t_set_option(
 }
 
 unsafe extern "C" fn t_get_stats(channel: sys::io_channel, stats: *mut sys::io_stats) -> Code {
-    forward!(channel, get_stats, stats)
+    if !stats.is_null() {
+        // SAFETY: live outer channel; `stats` is a valid out-pointer. The pointer handed out
+        // stays valid until the channel is closed (the state is boxed).
+        unsafe { *stats = state(channel).stats.as_ptr() };
+    }
+    0
 }
 
 unsafe extern "C" fn t_read_blk64(
@@ -243,7 +296,8 @@ unsafe extern "C" fn t_read_blk64(
     count: c_int,
     data: *mut c_void,
 ) -> Code {
-    forward!(channel, read_blk64, block, count, data)
+    let rc = forward!(channel, read_blk64, block, count, data);
+    counted(channel, rc, i64::from(count), false)
 }
 
 unsafe extern "C" fn t_write_blk64(
@@ -254,7 +308,8 @@ unsafe extern "C" fn t_write_blk64(
 ) -> Code {
     // SAFETY: live outer channel.
     unsafe { state(channel) }.record_blocks(block, i64::from(count));
-    forward!(channel, write_blk64, block, count, data)
+    let rc = forward!(channel, write_blk64, block, count, data);
+    counted(channel, rc, i64::from(count), true)
 }
 
 unsafe extern "C" fn t_discard(
@@ -281,7 +336,9 @@ unsafe extern "C" fn t_zeroout(
     block: c_ulonglong,
     count: c_ulonglong,
 ) -> Code {
+    let blocks = i64::try_from(count).unwrap_or(i64::MAX);
     // SAFETY: live outer channel.
-    unsafe { state(channel) }.record_blocks(block, i64::try_from(count).unwrap_or(i64::MAX));
-    forward!(channel, zeroout, block, count)
+    unsafe { state(channel) }.record_blocks(block, blocks);
+    let rc = forward!(channel, zeroout, block, count);
+    counted(channel, rc, blocks, true)
 }

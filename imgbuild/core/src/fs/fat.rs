@@ -18,7 +18,7 @@ use fatfs::{Date, DateTime, FatType, FileSystem, FsOptions, Time, TimeProvider};
 use super::fatfix::{claimed_len, panic_text};
 use super::window::{lock, IoLog};
 use crate::error::{Context, Error, Result};
-use crate::fs::ByteRanges;
+use crate::fs::{ByteRanges, Kind};
 
 pub use super::window::ImageWindow;
 
@@ -260,6 +260,50 @@ impl FatFs {
         }
     }
 
+    /// Creates the directory `path` and any missing parents; existing directories are kept.
+    /// Fails if a component exists and is a file.
+    pub fn mkdir_p(&mut self, path: &str) -> Result<()> {
+        let rel = normalize(path).map_err(|e| self.error(path, e))?;
+        self.run(
+            || self.place(path),
+            |fs| {
+                let mut dir = fs.root_dir();
+                for component in rel.split('/').filter(|c| !c.is_empty()) {
+                    dir = match dir.open_dir(component) {
+                        Ok(existing) => existing,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            dir.create_dir(component)?
+                        }
+                        Err(e) => return Err(e),
+                    };
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Whether `path` is a file or a directory (`"/"` is the root directory); `None` if it does
+    /// not exist. Fails if a parent component is a file.
+    pub fn kind(&self, path: &str) -> Result<Option<Kind>> {
+        let rel = normalize(path).map_err(|e| self.error(path, e))?;
+        if rel.is_empty() {
+            return Ok(Some(Kind::Dir));
+        }
+        // fatfs's own lookups, so names match exactly as they do for the other operations.
+        self.run(
+            || self.place(path),
+            |fs| {
+                let root = fs.root_dir();
+                match root.open_dir(&rel) {
+                    Ok(_) => Ok(Some(Kind::Dir)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    // "Not a directory": the entry is a file, or a parent is.
+                    Err(_) => root.open_file(&rel).map(|_| Some(Kind::File)),
+                }
+            },
+        )
+    }
+
     /// Removes the file (or empty directory) at `path`; `Ok(false)` if it did not exist.
     pub fn remove(&mut self, path: &str) -> Result<bool> {
         let rel = file_path(path).map_err(|e| self.error(path, e))?;
@@ -434,6 +478,41 @@ fn file_path(path: &str) -> std::result::Result<String, String> {
         return Err("this is the root directory, not a file".into());
     }
     Ok(rel)
+}
+
+/// The FAT side of the file-system layer: every operation is the inherent one of the same name.
+impl super::FileSystem for FatFs {
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        FatFs::read_file(self, path)
+    }
+
+    fn write_file(&mut self, path: &str, data: &[u8]) -> Result<()> {
+        FatFs::write_file(self, path, data)
+    }
+
+    fn mkdir_p(&mut self, path: &str) -> Result<()> {
+        FatFs::mkdir_p(self, path)
+    }
+
+    fn remove(&mut self, path: &str) -> Result<bool> {
+        FatFs::remove(self, path)
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        FatFs::list(self, dir)
+    }
+
+    fn kind(&self, path: &str) -> Result<Option<Kind>> {
+        FatFs::kind(self, path)
+    }
+
+    fn free_bytes(&self) -> Result<u64> {
+        FatFs::free_bytes(self)
+    }
+
+    fn close(self) -> Result<ByteRanges> {
+        FatFs::close(self)
+    }
 }
 
 #[cfg(test)]
