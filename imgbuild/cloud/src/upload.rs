@@ -23,7 +23,7 @@ use std::time::Duration;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
-use imgbuild_progress::Reporter;
+use imgbuild_progress::{Reporter, Stage};
 use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -540,8 +540,7 @@ async fn send_parts(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let progress = &options.progress;
-    progress.start(&format!("upload {name}"), report.size);
+    let progress = Stage::start(&*options.progress, &format!("upload {name}"), report.size);
     let mut sent_bytes = 0u64;
     let existing = Arc::new(existing);
     let mut pending = parts.into_iter();
@@ -581,7 +580,7 @@ async fn send_parts(
         progress.set(sent_bytes);
         completed.push(done.part);
     }
-    progress.finish();
+    drop(progress);
     completed.sort_by_key(|p| p.part_number());
     report.parts_uploaded = uploaded;
     Ok(completed)

@@ -687,14 +687,26 @@ impl GptLayout {
             return Err(corrupt("partition entry count or size"));
         }
         let array_bytes = num * entry_size;
+        let array_sectors = array_bytes.div_ceil(sector_size);
+        let (my_lba, entries_lba) = (field64(24)?, field64(72)?);
+        // The primary header is in LBA 1 and its array after it, within the disk as the header
+        // itself describes it (so byte offsets computed from these cannot overflow).
+        let backup_lba = field64(32)?;
+        let array_end = entries_lba
+            .checked_add(array_sectors)
+            .filter(|&end| end <= backup_lba)
+            .and_then(|end| end.checked_mul(sector_size));
+        if my_lba != 1 || entries_lba < 2 || array_end.is_none() {
+            return Err(corrupt("header or partition array position"));
+        }
         Ok(GptLayout {
             header_size,
-            my_lba: field64(24)?,
-            backup_lba: field64(32)?,
+            my_lba,
+            backup_lba,
             last_usable: field64(48)?,
-            entries_lba: field64(72)?,
+            entries_lba,
             array_bytes,
-            array_sectors: array_bytes.div_ceil(sector_size),
+            array_sectors,
             header,
         })
     }

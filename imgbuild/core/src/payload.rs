@@ -147,13 +147,13 @@ fn plugin_config(gg: &GreengrassConfig, templates_dir: &Path) -> Result<String> 
             imgbuild_greengrass::render_plugin_config(gg, placeholder)
         }
         Err(e) => {
-            return Err(Error::msg(format!(
-                "reading the project's plugin config template {}: {e}",
+            return Err(Error::from(e).context(format_args!(
+                "reading the project's plugin config template {}",
                 own.display()
             )))
         }
     };
-    rendered.map_err(|e| Error::msg(e.to_string()))
+    Ok(rendered?)
 }
 
 fn add_preseed(plan: &mut Plan, gg: &GreengrassConfig, p: &Preseed) -> Result<()> {
@@ -203,7 +203,7 @@ pub fn fetch_greengrass_artifacts(
     opts.offline = offline;
     opts.progress = progress.clone();
     let get = |a: Artifact| -> Result<PathBuf> {
-        let sha = gg.sha256(a).map_err(|e| Error::msg(e.to_string()))?;
+        let sha = gg.sha256(a)?;
         let src = imgbuild_fetch::Source {
             url: gg.url(a),
             sha256: Some(sha),

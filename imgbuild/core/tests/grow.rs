@@ -10,11 +10,13 @@ use imgbuild_testkit::{
     build_fixture, debugfs_cat, debugfs_ls, e2fsck_clean, fsck_vfat_clean, run_ok, sfdisk_json,
     sgdisk_verify, sha256_file, Fixture, FixtureOptions, Layout,
 };
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 
 const MIB: u64 = 1 << 20;
 const EPOCH: i64 = 1_700_000_000;
@@ -22,17 +24,43 @@ const EPOCH: i64 = 1_700_000_000;
 /// A small fixture: MBR 128 MiB (boot 64 MiB from 4 MiB, root 60 MiB), GPT 160 MiB (ESP
 /// 127 MiB, root 31 MiB).
 fn fixture(dir: &Path, layout: Layout) -> Fixture {
-    let opts = FixtureOptions {
-        layout,
-        image_mib: match layout {
-            Layout::GenericGpt => 160,
-            _ => 128,
-        },
-        boot_mib: 64,
-        big_dir_entries: 40,
-        ..FixtureOptions::default()
-    };
-    build_fixture(dir, &opts)
+    fixture_with(dir, layout, 4096)
+}
+
+/// A copy (in `dir`) of the fixture of `layout` with `block_size`-byte ext4 blocks; each is
+/// built once per test binary.
+fn fixture_with(dir: &Path, layout: Layout, block_size: u32) -> Fixture {
+    type Built = Mutex<HashMap<(u8, u32), (tempfile::TempDir, Fixture)>>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (_, original) = built.entry((layout as u8, block_size)).or_insert_with(|| {
+        let home = tempfile::tempdir().expect("tempdir");
+        let opts = FixtureOptions {
+            layout,
+            image_mib: match layout {
+                Layout::GenericGpt => 160,
+                _ => 128,
+            },
+            boot_mib: 64,
+            ext4_block_size: block_size,
+            big_dir_entries: 40,
+            ..FixtureOptions::default()
+        };
+        let f = build_fixture(home.path(), &opts);
+        (home, f)
+    });
+    let mut f = original.clone();
+    f.path = dir.join(f.path.file_name().expect("image name"));
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&original.path)
+            .arg(&f.path),
+    );
+    f
 }
 
 fn board_of(layout: Layout) -> Board {
@@ -424,15 +452,7 @@ fn a_root_with_1k_blocks_grows_by_many_block_groups() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 1 KiB blocks: 8 MiB block groups, so 100 MiB more adds a dozen groups and their
     // descriptors (in the reserved GDT blocks).
-    let opts = FixtureOptions {
-        layout: Layout::DebianRaspi,
-        image_mib: 128,
-        boot_mib: 64,
-        ext4_block_size: 1024,
-        big_dir_entries: 40,
-        ..FixtureOptions::default()
-    };
-    let f = build_fixture(dir.path(), &opts);
+    let f = fixture_with(dir.path(), Layout::DebianRaspi, 1024);
     let was = before(&f);
     let g = grow_fixture(&f, Growth::GrowRoot(100 * MIB), dir.path()).expect("grow");
     assert_grown(&f, &g, &was, 228 * MIB, 228 * MIB);

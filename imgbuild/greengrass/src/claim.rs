@@ -17,7 +17,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use crate::config::GreengrassConfig;
-use crate::error::{gg_bail, GgError, Result};
+use crate::error::{file_bail, GgError, Result};
 
 /// Claim files larger than this are refused (a certificate or key is a few KiB).
 const MAX_PEM_FILE: u64 = 1024 * 1024;
@@ -152,22 +152,21 @@ pub fn load_claim(
     let cert_pem = read_limited(&cert_path, "claim certificate")?;
     let cert_der = certificate_der(&cert_path, &cert_pem)?;
     let (_, cert) = X509Certificate::from_der(&cert_der).map_err(|e| {
-        GgError::msg(format!(
-            "claim certificate {}: not a valid X.509 certificate ({e})",
-            cert_path.display()
-        ))
+        GgError::file(
+            "claim certificate",
+            &cert_path,
+            format!("not a valid X.509 certificate ({e})"),
+        )
     })?;
 
     let key_pem = SecretBytes(Zeroizing::new(read_limited(&key_path, "claim key")?));
     let public = public_half_of_key(&key_path, key_pem.expose_secret(), &cert)?;
     if !public.matches_spki(cert.public_key().raw) {
-        gg_bail!(
-            "claim key {} ({}) does not belong to claim certificate {}: use the key created together with the \
-             certificate",
-            key_path.display(),
-            public.kind(),
-            cert_path.display()
-        );
+        return Err(GgError::KeyMismatch {
+            key: key_path,
+            kind: public.kind(),
+            cert: cert_path,
+        });
     }
 
     let not_after = check_validity(&cert_path, &cert, now, &mut warnings)?;
@@ -188,49 +187,33 @@ pub fn load_claim(
 }
 
 /// Reads a whole file of at most [`MAX_PEM_FILE`] bytes; errors name `what` and the path only.
-pub(crate) fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| {
-        GgError::msg(format!(
-            "{what} {}: cannot open ({}): check the [greengrass] path",
-            path.display(),
-            e.kind()
-        ))
-    })?;
+pub(crate) fn read_limited(path: &Path, what: &'static str) -> Result<Vec<u8>> {
+    let failed = |e: std::io::Error, opening| GgError::Read {
+        what,
+        path: path.to_path_buf(),
+        kind: e.kind(),
+        opening,
+    };
+    let file = File::open(path).map_err(|e| failed(e, true))?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_FILE + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| {
-            GgError::msg(format!(
-                "{what} {}: cannot read ({})",
-                path.display(),
-                e.kind()
-            ))
-        })?;
+        .map_err(|e| failed(e, false))?;
     if bytes.len() as u64 > MAX_PEM_FILE {
-        gg_bail!(
-            "{what} {}: larger than 1 MiB, not a PEM file",
-            path.display()
-        );
+        file_bail!(what, path, "larger than 1 MiB, not a PEM file");
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        gg_bail!("{what} {}: the file is empty", path.display());
+        file_bail!(what, path, "the file is empty");
     }
     Ok(bytes)
 }
 
 /// Parses PEM blocks; errors name the path only.
-pub(crate) fn pem_blocks(path: &Path, what: &str, bytes: &[u8]) -> Result<Vec<pem::Pem>> {
-    let blocks = pem::parse_many(bytes).map_err(|_| {
-        GgError::msg(format!(
-            "{what} {}: garbled PEM (bad base64 or framing)",
-            path.display()
-        ))
-    })?;
+pub(crate) fn pem_blocks(path: &Path, what: &'static str, bytes: &[u8]) -> Result<Vec<pem::Pem>> {
+    let blocks = pem::parse_many(bytes)
+        .map_err(|_| GgError::file(what, path, "garbled PEM (bad base64 or framing)"))?;
     if blocks.is_empty() {
-        gg_bail!(
-            "{what} {}: not a PEM file (no -----BEGIN ...----- block)",
-            path.display()
-        );
+        file_bail!(what, path, "not a PEM file (no -----BEGIN ...----- block)");
     }
     Ok(blocks)
 }
@@ -243,10 +226,11 @@ fn certificate_der(path: &Path, pem_bytes: &[u8]) -> Result<Vec<u8>> {
         .iter()
         .any(|block| block.tag().contains("PRIVATE KEY"))
     {
-        gg_bail!(
-            "{what} {}: the file also contains a private key, which would be installed world-readable: keep the \
-             key in the claim_key file only",
-            path.display()
+        file_bail!(
+            what,
+            path,
+            "the file also contains a private key, which would be installed world-readable: keep the \
+             key in the claim_key file only"
         );
     }
     match blocks
@@ -254,10 +238,7 @@ fn certificate_der(path: &Path, pem_bytes: &[u8]) -> Result<Vec<u8>> {
         .find(|block| block.tag() == "CERTIFICATE")
     {
         Some(block) => Ok(block.into_contents()),
-        None => gg_bail!(
-            "{what} {}: no -----BEGIN CERTIFICATE----- block",
-            path.display()
-        ),
+        None => file_bail!(what, path, "no -----BEGIN CERTIFICATE----- block"),
     }
 }
 
@@ -273,40 +254,41 @@ fn public_half_of_key(
         .into_iter()
         .filter(|block| block.tag().contains("PRIVATE KEY"));
     let Some(block) = keys.next() else {
-        gg_bail!(
-            "{what} {}: no private key block (expected -----BEGIN RSA PRIVATE KEY-----, PRIVATE KEY or EC \
-             PRIVATE KEY)",
-            path.display()
+        file_bail!(
+            what,
+            path,
+            "no private key block (expected -----BEGIN RSA PRIVATE KEY-----, PRIVATE KEY or EC \
+             PRIVATE KEY)"
         );
     };
     if keys.next().is_some() {
-        gg_bail!(
-            "{what} {}: more than one private key in the file: keep only the claim key",
-            path.display()
+        file_bail!(
+            what,
+            path,
+            "more than one private key in the file: keep only the claim key"
         );
     }
     let tag = block.tag().to_owned();
     let der = Zeroizing::new(block.into_contents());
-    let undecodable = || {
-        GgError::msg(format!(
-            "{what} {}: the {tag} block does not decode",
-            path.display()
-        ))
-    };
+    let undecodable = || GgError::file(what, path, format!("the {tag} block does not decode"));
     match tag.as_str() {
         "RSA PRIVATE KEY" => rsa::PrivateKey::from_pkcs1_der(&der)
             .map(|key| PublicHalf::Rsa(Box::new(key.to_public_key())))
             .map_err(|_| undecodable()),
         "PRIVATE KEY" => pkcs8_public_half(path, &der).map_err(|e| e.unwrap_or_else(undecodable)),
-        "EC PRIVATE KEY" => sec1_public_half(path, &der, cert).map_err(|e| e.unwrap_or_else(undecodable)),
-        "ENCRYPTED PRIVATE KEY" => gg_bail!(
-            "{what} {}: the key is encrypted, and Greengrass needs an unencrypted key: decrypt it with \
-             `openssl pkey -in KEY -out claim.private.pem.key`",
-            path.display()
+        "EC PRIVATE KEY" => {
+            sec1_public_half(path, &der, cert).map_err(|e| e.unwrap_or_else(undecodable))
+        }
+        "ENCRYPTED PRIVATE KEY" => file_bail!(
+            what,
+            path,
+            "the key is encrypted, and Greengrass needs an unencrypted key: decrypt it with \
+             `openssl pkey -in KEY -out claim.private.pem.key`"
         ),
-        _ => gg_bail!(
-            "{what} {}: unsupported key type ({tag}): use an RSA or EC P-256/P-384 key",
-            path.display()
+        _ => file_bail!(
+            what,
+            path,
+            "unsupported key type ({tag}): use an RSA or EC P-256/P-384 key"
         ),
     }
 }
@@ -321,10 +303,11 @@ fn pkcs8_public_half(path: &Path, der: &[u8]) -> Result<PublicHalf, Option<GgErr
             .map_err(|_| None);
     }
     if algorithm != OID_EC_PUBLIC_KEY {
-        return Err(Some(GgError::msg(format!(
-            "claim key {}: unsupported key algorithm {algorithm}: use an RSA or EC P-256/P-384 key",
-            path.display()
-        ))));
+        return Err(Some(GgError::file(
+            "claim key",
+            path,
+            format!("unsupported key algorithm {algorithm}: use an RSA or EC P-256/P-384 key"),
+        )));
     }
     match info.algorithm.parameters_oid().map_err(|_| None)? {
         curve if curve == OID_P256 => p256::SecretKey::from_pkcs8_der(der)
@@ -347,11 +330,12 @@ fn sec1_public_half(
     let curve = match key.parameters.and_then(|params| params.named_curve()) {
         Some(curve) => curve,
         None => certificate_curve(cert).ok_or_else(|| {
-            Some(GgError::msg(format!(
-                "claim key {}: the EC key names no curve and the certificate holds no EC key: the key does not \
+            Some(GgError::file(
+                "claim key",
+                path,
+                "the EC key names no curve and the certificate holds no EC key: the key does not \
                  belong to the certificate",
-                path.display()
-            )))
+            ))
         })?,
     };
     match curve {
@@ -366,10 +350,11 @@ fn sec1_public_half(
 }
 
 fn unsupported_curve(path: &Path, curve: ObjectIdentifier) -> GgError {
-    GgError::msg(format!(
-        "claim key {}: unsupported elliptic curve {curve}: AWS IoT accepts P-256 and P-384 keys",
-        path.display()
-    ))
+    GgError::file(
+        "claim key",
+        path,
+        format!("unsupported elliptic curve {curve}: AWS IoT accepts P-256 and P-384 keys"),
+    )
 }
 
 /// The named curve of the certificate's EC key, if it holds one.
@@ -404,18 +389,18 @@ fn check_validity(
     let not_before = validity.not_before.timestamp();
     let not_after = validity.not_after.timestamp();
     if now_s < not_before {
-        gg_bail!(
-            "claim certificate {}: not valid before {} (check the build host's clock or the certificate)",
-            path.display(),
-            validity.not_before
-        );
+        return Err(GgError::CertificateDates {
+            path: path.to_path_buf(),
+            expired: false,
+            date: validity.not_before.to_string(),
+        });
     }
     if now_s > not_after {
-        gg_bail!(
-            "claim certificate {}: expired on {}: create a new provisioning claim",
-            path.display(),
-            validity.not_after
-        );
+        return Err(GgError::CertificateDates {
+            path: path.to_path_buf(),
+            expired: true,
+            date: validity.not_after.to_string(),
+        });
     }
     let left = u64::try_from(not_after - now_s).unwrap_or(0);
     if left < EXPIRY_WARNING.as_secs() {

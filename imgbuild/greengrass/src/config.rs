@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{gg_bail, Result};
+use crate::error::{setting_bail, Result};
 
 /// Nucleus version used when `nucleus_version` is not set.
 pub const DEFAULT_NUCLEUS_VERSION: &str = "2.16.0";
@@ -270,7 +270,7 @@ impl GreengrassConfig {
         let version = self.version(artifact);
         match artifact.known_sha256(version) {
             Some(digest) => Ok(digest.to_owned()),
-            None => gg_bail!(
+            None => setting_bail!(
                 "[greengrass] {} = \"{version}\" has no published sha256 known to imgbuild: set {} to the output of \
                  `curl -s {} | sha256sum`",
                 artifact.version_key(),

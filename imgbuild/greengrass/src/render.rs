@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::claim::ClaimMaterial;
 use crate::config::{Artifact, GreengrassConfig};
-use crate::error::{gg_bail, GgError, Result};
+use crate::error::{setting_bail, GgError, Result};
 use crate::rootca::root_ca_path;
 
 pub use crate::contract::{
@@ -106,7 +106,7 @@ pub fn render_plugin_config_from(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "@_%-".contains(c));
     if !placeholder_ok {
-        gg_bail!("serial placeholder {serial_placeholder:?} must be 3 to 64 characters of A-Z a-z 0-9 @ _ % -");
+        setting_bail!("serial placeholder {serial_placeholder:?} must be 3 to 64 characters of A-Z a-z 0-9 @ _ % -");
     }
     let mut tera = tera::Tera::default();
     tera.autoescape_on(Vec::new());
@@ -119,23 +119,26 @@ pub fn render_plugin_config_from(
         )
         .map_err(|e| tera_error(origin, "rendering", &e))?;
     if !rendered.contains(serial_placeholder) {
-        gg_bail!(
-            "{origin}: the rendered config lacks the serial placeholder {serial_placeholder}: use \
-             {{{{ serial_placeholder }}}} where the device's serial number goes"
-        );
+        return Err(GgError::template(
+            origin,
+            format!(
+                "the rendered config lacks the serial placeholder {serial_placeholder}: use \
+                 {{{{ serial_placeholder }}}} where the device's serial number goes"
+            ),
+        ));
     }
     Ok(rendered)
 }
 
 /// A one-line error from a tera error and its causes.
 fn tera_error(origin: &str, doing: &str, error: &tera::Error) -> GgError {
-    let mut message = format!("{origin}: {doing} failed: {error}");
+    let mut problem = format!("{doing} failed: {error}");
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
+        problem.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    GgError::msg(message)
+    GgError::template(origin, problem)
 }
 
 /// Quotes a value for a bash-sourced `KEY=VALUE` line: bare when it is plain, else in single quotes.
@@ -179,7 +182,7 @@ pub fn firstboot_env(cfg: &GreengrassConfig) -> Result<String> {
                 .chars()
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
         if reserved || !shaped {
-            crate::error::gg_bail!(
+            setting_bail!(
                 "[greengrass] firstboot_env: {key:?} must be an UPPER_CASE setting not already set from [greengrass]"
             );
         }
@@ -245,7 +248,10 @@ pub fn payload_files_with_config(
         crate::rootca::verify_root_ca()?;
     }
     if !plugin_config.contains(SERIAL_PLACEHOLDER) {
-        gg_bail!("the plugin config lacks the serial placeholder {SERIAL_PLACEHOLDER}");
+        return Err(GgError::template(
+            "the plugin config",
+            format!("lacks the serial placeholder {SERIAL_PLACEHOLDER}"),
+        ));
     }
     let public = |path, mode, bytes: Vec<u8>| PayloadFile {
         path,

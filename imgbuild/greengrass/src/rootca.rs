@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::GreengrassConfig;
-use crate::error::{gg_bail, GgError, Result};
+use crate::error::{file_bail, GgError, Result};
 
 pub use crate::contract::{CUSTOM_ROOT_CA_PATH, ROOT_CA_PATH};
 
@@ -40,7 +40,6 @@ pub fn load_root_ca(cfg: &GreengrassConfig, base_dir: &Path, now: SystemTime) ->
 /// and the block number, never its contents.
 pub fn check_root_ca_pem(path: &Path, bytes: &[u8], now: SystemTime) -> Result<()> {
     let what = "[greengrass] root_ca";
-    let file = path.display();
     let blocks = crate::claim::pem_blocks(path, what, bytes)?;
     let now_unix = now
         .duration_since(UNIX_EPOCH)
@@ -48,29 +47,37 @@ pub fn check_root_ca_pem(path: &Path, bytes: &[u8], now: SystemTime) -> Result<(
     for (index, block) in blocks.iter().enumerate() {
         let number = index + 1;
         if block.tag() != "CERTIFICATE" {
-            gg_bail!(
-                "{what} {file}: PEM block {number} is a {}, not a CERTIFICATE: the file must hold only the CA \
+            file_bail!(
+                what,
+                path,
+                "PEM block {number} is a {}, not a CERTIFICATE: the file must hold only the CA \
                  certificates the device trusts (e.g. AmazonRootCA3.pem from https://www.amazontrust.com/repository/)",
                 block.tag()
             );
         }
         let (_, cert) = X509Certificate::from_der(block.contents()).map_err(|e| {
-            GgError::msg(format!(
-                "{what} {file}: certificate {number} is not a valid X.509 certificate ({e})"
-            ))
+            GgError::file(
+                what,
+                path,
+                format!("certificate {number} is not a valid X.509 certificate ({e})"),
+            )
         })?;
         let subject = cert.subject().to_string();
         let self_signed_v1 = cert.version().0 == 0 && cert.subject() == cert.issuer();
         if !cert.is_ca() && !self_signed_v1 {
-            gg_bail!(
-                "{what} {file}: certificate {number} ({subject}) is not a CA certificate: give the root (or \
+            file_bail!(
+                what,
+                path,
+                "certificate {number} ({subject}) is not a CA certificate: give the root (or \
                  intermediate) CA that signed the endpoint's server certificate, not a device or server certificate"
             );
         }
         let validity = cert.validity();
         if validity.not_after.timestamp() < now_unix {
-            gg_bail!(
-                "{what} {file}: certificate {number} ({subject}) expired on {}: replace it",
+            file_bail!(
+                what,
+                path,
+                "certificate {number} ({subject}) expired on {}: replace it",
                 validity.not_after
             );
         }
@@ -100,24 +107,27 @@ pub fn amazon_root_ca1() -> &'static [u8] {
 pub fn verify_root_ca() -> Result<()> {
     let file_sha256 = hex::encode(Sha256::digest(AMAZON_ROOT_CA1_PEM));
     if file_sha256 != AMAZON_ROOT_CA1_PEM_SHA256 {
-        gg_bail!(
+        return Err(GgError::BuiltInRootCa(format!(
             "imgbuild/greengrass/assets/AmazonRootCA1.pem has sha256 {file_sha256}, expected \
              {AMAZON_ROOT_CA1_PEM_SHA256}: restore the file from the repository"
-        );
+        )));
     }
     let der = root_ca_der()?;
     let fingerprint = hex::encode(Sha256::digest(&der));
     if fingerprint != AMAZON_ROOT_CA1_DER_SHA256 {
-        gg_bail!(
+        return Err(GgError::BuiltInRootCa(format!(
             "AmazonRootCA1.pem has certificate fingerprint {fingerprint}, expected {AMAZON_ROOT_CA1_DER_SHA256}"
-        );
+        )));
     }
-    let (_, cert) = X509Certificate::from_der(&der)
-        .map_err(|e| GgError::msg(format!("AmazonRootCA1.pem: not an X.509 certificate ({e})")))?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| {
+        GgError::BuiltInRootCa(format!("AmazonRootCA1.pem: not an X.509 certificate ({e})"))
+    })?;
     let subject = cert.subject().to_string();
     if !subject.contains("CN=Amazon Root CA 1") || cert.subject() != cert.issuer() || !cert.is_ca()
     {
-        gg_bail!("AmazonRootCA1.pem: subject {subject} is not the self-signed CA Amazon Root CA 1");
+        return Err(GgError::BuiltInRootCa(format!(
+            "AmazonRootCA1.pem: subject {subject} is not the self-signed CA Amazon Root CA 1"
+        )));
     }
     Ok(())
 }
@@ -125,6 +135,6 @@ pub fn verify_root_ca() -> Result<()> {
 /// The DER of the shipped certificate.
 fn root_ca_der() -> Result<Vec<u8>> {
     let block = pem::parse(AMAZON_ROOT_CA1_PEM)
-        .map_err(|e| GgError::msg(format!("AmazonRootCA1.pem: not PEM ({e})")))?;
+        .map_err(|e| GgError::BuiltInRootCa(format!("AmazonRootCA1.pem: not PEM ({e})")))?;
     Ok(block.into_contents())
 }

@@ -1,7 +1,7 @@
 //! Build-time checks of the `[greengrass]` section: region, endpoints, names, versions, digests, proxy.
 
 use crate::config::{Artifact, GreengrassConfig};
-use crate::error::{gg_bail, Result};
+use crate::error::{setting_bail, GgError, Result};
 
 /// Region prefixes of the partitions that offer AWS IoT Core (longest first, so `us-gov` wins over `us`).
 const REGION_AREAS: &[&str] = &[
@@ -54,7 +54,7 @@ pub fn validate(cfg: &GreengrassConfig) -> Result<()> {
         c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c)
     })?;
     if cfg.mqtt_port == 0 {
-        gg_bail!("[greengrass] mqtt_port = 0 is not a port: use 8883 (default) or 443");
+        setting_bail!("[greengrass] mqtt_port = 0 is not a port: use 8883 (default) or 443");
     }
     if let Some(url) = &cfg.proxy_url {
         check_proxy_url(url)?;
@@ -66,7 +66,7 @@ pub fn validate(cfg: &GreengrassConfig) -> Result<()> {
         // `new ClientTlsContext(getTlsContextOptions(rootCaPath))` → `getHttpProxyOptions`). Decision: an
         // https:// proxy requires `root_ca`, the user's bundle of Amazon Root CA 1 plus the proxy's CA.
         if url.starts_with("https://") && cfg.root_ca.is_none() {
-            gg_bail!(
+            setting_bail!(
                 "[greengrass] proxy_url is an https:// proxy, which the device can only trust through its root CA \
                  file: set root_ca to a PEM file holding Amazon Root CA 1 and your proxy's CA certificate \
                  (cat AmazonRootCA1.pem proxy-ca.pem > root-ca-bundle.pem), or use an http:// proxy"
@@ -110,7 +110,7 @@ pub fn region_domain(region: &str) -> Result<&'static str> {
     match parsed {
         Some("cn") => Ok("amazonaws.com.cn"),
         Some(_) => Ok("amazonaws.com"),
-        None => gg_bail!(
+        None => setting_bail!(
             "[greengrass] region = {region:?} is not an AWS Region offering AWS IoT: use a name like us-east-1, \
              eu-central-1, cn-north-1 or us-gov-west-1"
         ),
@@ -131,7 +131,7 @@ fn host_labels<'h>(key: &str, host: &'h str) -> Result<Vec<&'h str>> {
                 && !label.ends_with('-')
         });
     if !plain {
-        gg_bail!(
+        setting_bail!(
             "[greengrass] {key} = {host:?} is not a host name: give the bare endpoint address without scheme, \
              port or path, as printed by `aws iot describe-endpoint`"
         );
@@ -154,21 +154,21 @@ fn account_labels<'a, 'h>(
             .zip(domain.split('.'))
             .all(|(label, want)| label.eq_ignore_ascii_case(want))
     {
-        gg_bail!(
+        setting_bail!(
             "[greengrass] {key} = {host:?} is not an AWS IoT endpoint of {region} (it should end in \
              .{region}.{domain})"
         );
     }
     let host_region = labels[labels.len() - domain_len - 1];
     if !host_region.eq_ignore_ascii_case(region) {
-        gg_bail!(
+        setting_bail!(
             "[greengrass] {key} = {host:?} is in region {host_region}, but region = {region:?}: use the \
              endpoint of the region that holds the provisioning template"
         );
     }
     let service = labels[labels.len() - domain_len - 2];
     if !(service.eq_ignore_ascii_case("iot") || service.eq_ignore_ascii_case("iot-fips")) {
-        gg_bail!(
+        setting_bail!(
             "[greengrass] {key} = {host:?} is not an AWS IoT endpoint (no .iot.{region}.{domain})"
         );
     }
@@ -200,13 +200,13 @@ fn check_data_endpoint(host: &str, region: &str, domain: &str) -> Result<()> {
     }
     if let [first] = account {
         if is_identifier(first) {
-            gg_bail!(
+            setting_bail!(
                 "[greengrass] data_endpoint = {host:?} is a legacy (Symantec-signed) endpoint that the shipped \
                  Amazon Root CA 1 does not trust: use `aws iot describe-endpoint --endpoint-type iot:Data-ATS`"
             );
         }
     }
-    gg_bail!(
+    setting_bail!(
         "[greengrass] data_endpoint = {host:?} does not look like an AWS IoT data endpoint \
          (<id>-ats.iot.{region}.{domain}): use `aws iot describe-endpoint --endpoint-type iot:Data-ATS`"
     )
@@ -219,7 +219,7 @@ fn check_credential_endpoint(host: &str, region: &str, domain: &str) -> Result<(
     let (account, _) = account_labels(key, host, &labels, region, domain)?;
     match account {
         [id, credentials] if is_identifier(id) && credentials.eq_ignore_ascii_case("credentials") => Ok(()),
-        _ => gg_bail!(
+        _ => setting_bail!(
             "[greengrass] credential_endpoint = {host:?} does not look like an AWS IoT credentials endpoint \
              (<id>.credentials.iot.{region}.{domain}): use `aws iot describe-endpoint --endpoint-type \
              iot:CredentialProvider`"
@@ -235,7 +235,7 @@ fn check_name(
     allowed: impl Fn(char) -> bool,
 ) -> Result<()> {
     if value.is_empty() || value.chars().count() > max_len || !value.chars().all(allowed) {
-        gg_bail!(
+        setting_bail!(
             "[greengrass] {key} = {value:?} is not a valid name (1 to {max_len} characters of the kind AWS accepts \
              for it)"
         );
@@ -250,18 +250,18 @@ fn check_template_parameters(cfg: &GreengrassConfig) -> Result<()> {
             c.is_ascii_alphanumeric() || "_-.:".contains(c)
         })?;
         if name == "SerialNumber" {
-            gg_bail!(
+            setting_bail!(
                 "[greengrass] template_parameters.SerialNumber is reserved: first boot sets it to the device's \
                  serial number"
             );
         }
         if name == "ThingGroupName" && cfg.thing_group.is_some() {
-            gg_bail!(
+            setting_bail!(
                 "[greengrass] template_parameters.ThingGroupName and thing_group are both set: keep only thing_group"
             );
         }
         if value.chars().any(char::is_control) {
-            gg_bail!("[greengrass] template_parameters.{name} contains a control character (newline, tab, …)");
+            setting_bail!("[greengrass] template_parameters.{name} contains a control character (newline, tab, …)");
         }
     }
     Ok(())
@@ -278,7 +278,7 @@ fn check_semver(artifact: Artifact, version: &str) -> Result<()> {
                 && (part.len() == 1 || !part.starts_with('0'))
         });
     if !ok {
-        gg_bail!(
+        setting_bail!(
             "[greengrass] {} = {version:?} is not a release version like 2.16.0",
             artifact.version_key()
         );
@@ -289,7 +289,7 @@ fn check_semver(artifact: Artifact, version: &str) -> Result<()> {
 /// Checks that a digest is 64 hexadecimal digits.
 fn check_sha256(artifact: Artifact, digest: &str) -> Result<()> {
     if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        gg_bail!(
+        setting_bail!(
             "[greengrass] {} = {digest:?} is not a sha256 digest (64 hexadecimal digits)",
             artifact.sha256_key()
         );
@@ -301,7 +301,7 @@ fn check_sha256(artifact: Artifact, digest: &str) -> Result<()> {
 fn check_proxy_url(url: &str) -> Result<()> {
     let shown = crate::config::redact_url_password(url);
     let fail = || {
-        crate::error::GgError::msg(format!(
+        GgError::setting(format!(
             "[greengrass] proxy_url = {shown:?} is not a proxy URL of the form http(s)://[user:password@]host[:port]"
         ))
     };

@@ -152,6 +152,10 @@ fn mismatching_pairs_are_rejected_naming_both_files() {
         assert_one_line_naming(&err, &key);
         assert!(err.to_string().contains(cert.to_str().unwrap()), "{err}");
         assert!(err.to_string().contains("does not belong"), "{err}");
+        assert!(
+            matches!(&err, GgError::KeyMismatch { key: k, cert: c, .. } if k == &key && c == &cert),
+            "{err:?}"
+        );
         assert_no_secret(
             &err.to_string(),
             &secret_lines(&std::fs::read(&key).unwrap()),
@@ -167,11 +171,19 @@ fn expired_and_not_yet_valid_certificates_are_rejected() {
     let err = load(&scratch, &expired, &key).expect_err("expired accepted");
     assert_one_line_naming(&err, &expired);
     assert!(err.to_string().contains("expired"), "{err}");
+    assert!(
+        matches!(&err, GgError::CertificateDates { expired: true, .. }),
+        "{err:?}"
+    );
 
     let future = scratch.cert("future.crt", &key, (2026, 6, 2), (2030, 1, 1));
     let err = load(&scratch, &future, &key).expect_err("not-yet-valid accepted");
     assert_one_line_naming(&err, &future);
     assert!(err.to_string().contains("not valid before"), "{err}");
+    assert!(
+        matches!(&err, GgError::CertificateDates { expired: false, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -225,6 +237,28 @@ fn garbage_empty_and_missing_files_are_errors_naming_the_path() {
         let err = load(&scratch, &cert, bad).expect_err("bad key accepted");
         assert_one_line_naming(&err, bad);
         assert!(err.to_string().starts_with("claim key"), "{err}");
+        let missing = !bad.exists();
+        assert!(
+            matches!(
+                (&err, missing),
+                (
+                    GgError::Read {
+                        what: "claim key",
+                        opening: true,
+                        kind: std::io::ErrorKind::NotFound,
+                        ..
+                    },
+                    true
+                ) | (
+                    GgError::File {
+                        what: "claim key",
+                        ..
+                    },
+                    false
+                )
+            ),
+            "{err:?}"
+        );
     }
     let err = load(&scratch, &cert, &cert).expect_err("certificate as key accepted");
     assert!(err.to_string().contains("no private key block"), "{err}");

@@ -43,10 +43,10 @@ struct Args<'a> {
 impl<'a> Args<'a> {
     fn parse(args: &'a [String]) -> Result<Args<'a>> {
         let [command, input, output, rest @ ..] = args else {
-            return Err(Error::msg(USAGE));
+            return Err(Error::InvalidInput(USAGE.into()));
         };
         if rest.len() % 2 != 0 {
-            return Err(Error::msg(format!(
+            return Err(Error::InvalidInput(format!(
                 "option {:?} has no value; {USAGE}",
                 rest[rest.len() - 1]
             )));
@@ -77,14 +77,14 @@ impl<'a> Args<'a> {
         match self.value(name) {
             Some(v) => v
                 .parse()
-                .map_err(|_| Error::msg(format!("{name} {v:?} is not a number"))),
+                .map_err(|_| Error::InvalidInput(format!("{name} {v:?} is not a number"))),
             None => Ok(default),
         }
     }
 
     fn check_known(&self, known: &[&str]) -> Result<()> {
         match self.flags.iter().find(|(k, _)| !known.contains(k)) {
-            Some((k, _)) => Err(Error::msg(format!(
+            Some((k, _)) => Err(Error::InvalidInput(format!(
                 "unknown option {k:?} for {}; {USAGE}",
                 self.command
             ))),
@@ -102,7 +102,7 @@ fn run(raw_args: &[String]) -> Result<()> {
             let index =
                 ChunkIndex::compute(args.input, args.number("--chunk-size", DEFAULT_CHUNK_SIZE)?)?;
             std::fs::write(args.output, index.to_json())
-                .map_err(|e| Error::msg(format!("writing {}: {e}", args.output.display())))?;
+                .map_err(|source| io_error("writing", args.output, source))?;
             eprintln!("chunks={}", index.hashes.len());
             Ok(())
         }
@@ -117,7 +117,9 @@ fn run(raw_args: &[String]) -> Result<()> {
             );
             Ok(())
         }
-        other => Err(Error::msg(format!("unknown command {other:?}; {USAGE}"))),
+        other => Err(Error::InvalidInput(format!(
+            "unknown command {other:?}; {USAGE}"
+        ))),
     }
 }
 
@@ -144,8 +146,8 @@ fn compress(args: &Args) -> Result<()> {
         Some(path) => Some(dirty_map(path, args)?),
         None => None,
     };
-    let file = File::create(args.output)
-        .map_err(|e| Error::msg(format!("creating {}: {e}", args.output.display())))?;
+    let file =
+        File::create(args.output).map_err(|source| io_error("creating", args.output, source))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let s = compress_xz(args.input, &mut out, &opts, cache.as_ref(), dirty.as_ref())?;
     eprintln!(
@@ -168,18 +170,29 @@ fn compress(args: &Args) -> Result<()> {
 /// A dirty map from `--index FILE` and every `--dirty OFFSET:LEN`.
 fn dirty_map(index_path: &str, args: &Args) -> Result<DirtyMap> {
     let text = std::fs::read_to_string(index_path)
-        .map_err(|e| Error::msg(format!("reading chunk index {index_path}: {e}")))?;
-    let mut map = DirtyMap::new(ChunkIndex::from_json(&text)?);
+        .map_err(|source| io_error("reading chunk index", Path::new(index_path), source))?;
+    let index = ChunkIndex::from_json(&text)
+        .map_err(|e| e.context(format!("reading chunk index {index_path}")))?;
+    let mut map = DirtyMap::new(index);
     for (_, range) in args.flags.iter().filter(|(k, _)| *k == "--dirty") {
         let parsed = range
             .split_once(':')
             .and_then(|(o, l)| Some((o.parse().ok()?, l.parse().ok()?)));
         let Some((offset, len)) = parsed else {
-            return Err(Error::msg(format!(
+            return Err(Error::InvalidInput(format!(
                 "--dirty {range:?} is not OFFSET:LEN in bytes"
             )));
         };
         map.mark(offset, len);
     }
     Ok(map)
+}
+
+/// An I/O error on `path` while `doing`.
+fn io_error(doing: &str, path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        doing: doing.into(),
+        path: path.to_path_buf(),
+        source,
+    }
 }

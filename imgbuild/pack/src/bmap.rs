@@ -5,7 +5,7 @@
 //! keep the card's old contents, and a file system may rely on blocks it wrote as zeros.
 
 use crate::chunks::{open_raw, read_range, sha256};
-use crate::error::{bail, Context, Result};
+use crate::error::{bail, Error, IoContext, Result};
 use crate::parallel::{default_threads, for_each_ordered};
 use imgbuild_overlay::ImageRead;
 use sha2::{Digest, Sha256};
@@ -48,17 +48,20 @@ pub fn write_bmap_from(
     block_size: u64,
 ) -> Result<BmapStats> {
     if block_size < 512 || block_size & 511 != 0 || block_size > 1 << 30 {
-        bail!("bmap block size {block_size} is invalid: use a multiple of 512 such as 4096");
+        bail!(
+            InvalidInput,
+            "bmap block size {block_size} is invalid: use a multiple of 512 such as 4096"
+        );
     }
     let len = src
         .image_len()
-        .context(|| format!("reading the size of raw image {}", raw.display()))?;
+        .on(raw, || "reading the size of raw image".into())?;
     let file = src;
     if len == 0 {
-        bail!(
-            "cannot write a bmap for the empty image {}: bmaptool rejects empty images",
-            raw.display()
-        );
+        return Err(Error::Image {
+            path: raw.to_path_buf(),
+            reason: "cannot write a bmap for an empty image: bmaptool rejects empty images".into(),
+        });
     }
     let ranges = mapped_blocks(file, len, block_size, raw)?;
     let sums = range_checksums(file, len, block_size, &ranges, raw)?;
@@ -71,7 +74,7 @@ pub fn write_bmap_from(
         ranges,
     };
     let xml = render(&stats, &sums);
-    std::fs::write(out, xml).context(|| format!("writing bmap {}", out.display()))?;
+    std::fs::write(out, xml).on(out, || "writing bmap".into())?;
     Ok(stats)
 }
 
@@ -85,7 +88,7 @@ fn mapped_blocks(
     let mut ranges: Vec<RangeInclusive<u64>> = Vec::new();
     let data = file
         .image_data()
-        .context(|| format!("reading the sparse map of {} (SEEK_DATA)", path.display()))?;
+        .on(path, || "reading the sparse map (SEEK_DATA) of".into())?;
     for data in data.spans().map(|r| r.start..r.end.min(len)) {
         let (first, last) = (data.start / bs, data.end.div_ceil(bs) - 1);
         match ranges.last_mut() {

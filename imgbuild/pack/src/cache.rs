@@ -22,7 +22,7 @@
 
 use crate::chunks::{check_chunk_size, chunk_count, chunk_hashes, sha256, Hash};
 use crate::encode::STREAM_FLAGS;
-use crate::error::{bail, Context, Result};
+use crate::error::{bail, IoContext, Result};
 use crate::xzformat::{index_and_footer, stream_header, Block};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -62,8 +62,7 @@ impl ChunkCache {
         let dir = dir.into();
         for sub in ["chunks", "index"] {
             let d = dir.join(sub);
-            create_private_dir(&d)
-                .context(|| format!("creating chunk cache directory {}", d.display()))?;
+            create_private_dir(&d).on(&d, || "creating chunk cache directory".into())?;
         }
         Ok(ChunkCache { dir })
     }
@@ -201,7 +200,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 fn write_atomically(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir).context(|| format!("creating cache directory {}", dir.display()))?;
+    create_private_dir(dir).on(dir, || "creating cache directory".into())?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
@@ -218,7 +217,7 @@ fn write_atomically(path: &Path, data: &[u8], durable: bool) -> Result<()> {
             true => fs::File::open(dir).and_then(|d| d.sync_all()),
             false => Ok(()),
         })
-        .context(|| format!("writing cache file {}", path.display()));
+        .on(path, || "writing cache file".into());
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -252,7 +251,7 @@ impl ChunkIndex {
     /// Hashes every chunk of `raw` (on all cores).
     pub fn compute(raw: &Path, chunk_size: u64) -> Result<ChunkIndex> {
         let image_len = fs::metadata(raw)
-            .context(|| format!("reading the size of raw image {}", raw.display()))?
+            .on(raw, || "reading the size of raw image".into())?
             .len();
         let hashes = chunk_hashes(raw, chunk_size)?;
         ChunkIndex::new(chunk_size, image_len, hashes)
@@ -263,7 +262,7 @@ impl ChunkIndex {
         check_chunk_size(chunk_size)?;
         let want = chunk_count(image_len, chunk_size);
         if hashes.len() != want {
-            bail!(
+            bail!(CorruptIndex,
                 "chunk index has {} hashes but a {image_len}-byte image has {want} chunks of {chunk_size} bytes",
                 hashes.len()
             );
@@ -289,9 +288,10 @@ impl ChunkIndex {
 
     /// Parses the JSON written by [`ChunkIndex::to_json`].
     pub fn from_json(text: &str) -> Result<ChunkIndex> {
-        let file: IndexFile = serde_json::from_str(text).context(|| "parsing chunk index JSON")?;
+        let file: IndexFile = serde_json::from_str(text)?;
         if file.format != INDEX_FORMAT {
             bail!(
+                CorruptIndex,
                 "chunk index format is {:?}, expected {INDEX_FORMAT:?}",
                 file.format
             );
@@ -301,14 +301,18 @@ impl ChunkIndex {
             .iter()
             .map(|h| {
                 let mut out = [0u8; 32];
-                hex::decode_to_slice(h, &mut out)
-                    .context(|| format!("chunk index hash {h:?} is not 64 hex digits"))?;
+                if hex::decode_to_slice(h, &mut out).is_err() {
+                    bail!(CorruptIndex, "chunk index hash {h:?} is not 64 hex digits");
+                }
                 Ok(out)
             })
             .collect::<Result<Vec<Hash>>>()?;
         let index = ChunkIndex::new(file.chunk_size, file.image_len, hashes)?;
         if file.check != hex::encode(index.checksum()) {
-            bail!("chunk index checksum does not match its contents");
+            bail!(
+                CorruptIndex,
+                "chunk index checksum does not match its contents"
+            );
         }
         Ok(index)
     }

@@ -1,6 +1,6 @@
 //! Cutting a raw image into fixed-size chunks: ranges, reading, zero and hole detection, hashing.
 
-use crate::error::{bail, Context, Result};
+use crate::error::{bail, IoContext, Result};
 use crate::parallel::{default_threads, for_each_ordered};
 use imgbuild_overlay::ImageRead;
 use sha2::{Digest, Sha256};
@@ -23,7 +23,7 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// Checks that a chunk size is within [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`].
 pub(crate) fn check_chunk_size(chunk_size: u64) -> Result<()> {
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-        bail!(
+        bail!(InvalidInput,
             "chunk size {chunk_size} is out of range: use {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} bytes"
         );
     }
@@ -60,13 +60,8 @@ pub(crate) fn read_range(
     path: &Path,
 ) -> Result<()> {
     buf.resize((range.end - range.start) as usize, 0);
-    src.read_image_at(buf, range.start).context(|| {
-        format!(
-            "reading bytes {}..{} of {}",
-            range.start,
-            range.end,
-            path.display()
-        )
+    src.read_image_at(buf, range.start).on(path, || {
+        format!("reading bytes {}..{} of", range.start, range.end)
     })
 }
 
@@ -74,10 +69,10 @@ pub(crate) fn read_range(
 /// in a hole of a sparse file are hashed as zeros without being read.
 pub fn file_sha256(path: &Path) -> Result<Hash> {
     const PIECE: u64 = 1 << 20;
-    let file = File::open(path).context(|| format!("opening {}", path.display()))?;
+    let file = File::open(path).on(path, || "opening".into())?;
     let len = file
         .metadata()
-        .context(|| format!("reading the size of {}", path.display()))?
+        .on(path, || "reading the size of".into())?
         .len();
     let zeros = vec![0u8; PIECE as usize];
     let mut buf = Vec::with_capacity(PIECE as usize);
@@ -131,10 +126,10 @@ impl ZeroHashes {
 
 /// Opens a raw image and returns it with its length.
 pub(crate) fn open_raw(raw: &Path) -> Result<(File, u64)> {
-    let file = File::open(raw).context(|| format!("opening raw image {}", raw.display()))?;
+    let file = File::open(raw).on(raw, || "opening raw image".into())?;
     let len = file
         .metadata()
-        .context(|| format!("reading the size of raw image {}", raw.display()))?
+        .on(raw, || "reading the size of raw image".into())?
         .len();
     Ok((file, len))
 }

@@ -7,7 +7,7 @@ use crate::chunks::{
 };
 use crate::dirty::DirtyMap;
 use crate::encode::{compress_block, encoder_memory, STREAM_FLAGS};
-use crate::error::{bail, Context, Result};
+use crate::error::{bail, Error, IoContext, Result};
 use crate::parallel::{default_threads, for_each_ordered};
 use crate::xzformat::{index_and_footer, stream_header, Block};
 use imgbuild_overlay::ImageRead;
@@ -136,11 +136,16 @@ pub fn compress_xz_from(
     let raw = name;
     check_chunk_size(opts.chunk_size)?;
     if opts.preset > 9 {
-        bail!("xz preset {} is out of range: use 0..=9", opts.preset);
+        bail!(
+            InvalidInput,
+            "xz preset {} is out of range: use 0..=9",
+            opts.preset
+        );
     }
     if let Some(d) = dirty {
         if d.base().chunk_size != opts.chunk_size {
             bail!(
+                InvalidInput,
                 "dirty map's base index uses {}-byte chunks but compression uses {}: recompute the index",
                 d.base().chunk_size,
                 opts.chunk_size
@@ -149,7 +154,7 @@ pub fn compress_xz_from(
     }
     let len = src
         .image_len()
-        .context(|| format!("reading the size of raw image {}", raw.display()))?;
+        .on(raw, || "reading the size of raw image".into())?;
     let job = Job::new(raw, src, len, opts, cache, dirty)?;
     let count = chunk_count(len, opts.chunk_size);
     let threads = opts.effective_threads().clamp(1, count.max(1));
@@ -157,7 +162,10 @@ pub fn compress_xz_from(
     let mut written = 0u64;
     let mut emit = |bytes: &[u8]| -> Result<()> {
         written += bytes.len() as u64;
-        out.write_all(bytes).context(|| "writing the .xz output")
+        out.write_all(bytes).map_err(|source| Error::Output {
+            doing: "writing the .xz output",
+            source,
+        })
     };
     emit(&stream_header(STREAM_FLAGS))?;
     let mut records = Vec::with_capacity(count);
@@ -173,7 +181,10 @@ pub fn compress_xz_from(
         },
     )?;
     emit(&index_and_footer(&records, STREAM_FLAGS))?;
-    out.flush().context(|| "flushing the .xz output")?;
+    out.flush().map_err(|source| Error::Output {
+        doing: "flushing the .xz output",
+        source,
+    })?;
 
     let c = &job.counters;
     Ok(XzStats {
@@ -327,7 +338,7 @@ impl<'a> Job<'a> {
             self.opts.extreme,
             self.opts.chunk_size,
         )
-        .context(|| format!("compressing {}", self.raw.display()))?;
+        .map_err(|e| e.context(format!("compressing {}", self.raw.display())))?;
         if let (Some((cache, params)), Some(hash)) = (&self.cache, hash) {
             if let Err(e) = cache.store_block(hash, &block, params) {
                 bump(&self.counters.write_errors);
@@ -343,7 +354,7 @@ impl<'a> Job<'a> {
     fn zero_block(&self, size: u64) -> Result<Arc<Block>> {
         bump(&self.counters.zero);
         let Ok(mut memo) = self.zero_blocks.lock() else {
-            bail!("a worker thread failed while making the zero block");
+            bail!(Worker, "a worker thread failed while making the zero block");
         };
         if let Some(block) = memo.iter().find(|b| b.uncompressed == size) {
             return Ok(Arc::clone(block));
@@ -388,7 +399,7 @@ fn block_params(opts: &XzOptions) -> Result<BlockParams> {
         opts.extreme,
         opts.chunk_size,
     )
-    .context(|| "fingerprinting the xz encoder")?;
+    .map_err(|e| e.context("fingerprinting the xz encoder"))?;
     Ok(BlockParams {
         encoder: sha256(&block.bytes),
         preset: opts.preset,

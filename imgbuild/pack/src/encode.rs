@@ -1,6 +1,6 @@
 //! Compressing one chunk into one xz block with liblzma's easy encoder (CRC64 check).
 
-use crate::error::{bail, Context, Result};
+use crate::error::{bail, Error, Result};
 use crate::xzformat::{single_block, Block, StreamFlags};
 use liblzma::stream::{Action, Check, Status, Stream};
 
@@ -28,12 +28,16 @@ pub(crate) fn compress_block(
 ) -> Result<Block> {
     let stream = compress_stream(data, preset, extreme)?;
     let (flags, block) =
-        single_block(&stream, block_size).context(|| "splitting liblzma's output")?;
+        single_block(&stream, block_size).map_err(|e| e.context("splitting liblzma's output"))?;
     if flags != STREAM_FLAGS {
-        bail!("liblzma wrote stream flags {flags:02x?} instead of {STREAM_FLAGS:02x?} (CRC64)");
+        bail!(
+            Encoder,
+            "liblzma wrote stream flags {flags:02x?} instead of {STREAM_FLAGS:02x?} (CRC64)"
+        );
     }
     if block.uncompressed != data.len() as u64 {
         bail!(
+            Encoder,
             "liblzma's index records {} uncompressed bytes for a {}-byte chunk",
             block.uncompressed,
             data.len()
@@ -49,8 +53,11 @@ fn compress_stream(data: &[u8], preset: u32, extreme: bool) -> Result<Vec<u8>> {
     } else {
         preset
     };
-    let mut encoder = Stream::new_easy_encoder(level, Check::Crc64)
-        .context(|| format!("starting the xz encoder at preset {preset}"))?;
+    let mut encoder =
+        Stream::new_easy_encoder(level, Check::Crc64).map_err(|source| Error::Lzma {
+            doing: format!("starting the xz encoder at preset {preset}"),
+            source,
+        })?;
     let mut out = Vec::with_capacity(data.len() / 2 + 4096);
     loop {
         let consumed = usize::try_from(encoder.total_in())
@@ -61,7 +68,10 @@ fn compress_stream(data: &[u8], preset: u32, extreme: bool) -> Result<Vec<u8>> {
         }
         let status = encoder
             .process_vec(&data[consumed..], &mut out, Action::Finish)
-            .context(|| format!("compressing a {}-byte chunk with liblzma", data.len()))?;
+            .map_err(|source| Error::Lzma {
+                doing: format!("compressing a {}-byte chunk", data.len()),
+                source,
+            })?;
         if status == Status::StreamEnd {
             return Ok(out);
         }

@@ -90,12 +90,18 @@ fn drive<T>(
     while next_out < count {
         while next_job < count && next_job < next_out + window {
             if jobs.send(next_job).is_err() {
-                bail!("all worker threads stopped before item {next_job} of {count}");
+                bail!(
+                    Worker,
+                    "all worker threads stopped before item {next_job} of {count}"
+                );
             }
             next_job += 1;
         }
         let Ok((i, result)) = results.recv() else {
-            bail!("all worker threads stopped before item {next_out} of {count}");
+            bail!(
+                Worker,
+                "all worker threads stopped before item {next_out} of {count}"
+            );
         };
         pending.insert(i, result?);
         while let Some(value) = pending.remove(&next_out) {
@@ -134,7 +140,7 @@ mod tests {
             || (),
             |i, _| {
                 if i == 40 {
-                    Err(crate::Error::msg("boom"))
+                    Err(crate::Error::Worker("boom".into()))
                 } else {
                     Ok(i)
                 }

@@ -74,6 +74,7 @@ pub(crate) fn index_and_footer(records: &[(u64, u64)], flags: StreamFlags) -> Ve
 pub(crate) fn single_block(stream: &[u8], block_size: u64) -> Result<(StreamFlags, Block)> {
     if stream.len() < 2 * FRAME {
         bail!(
+            XzFormat,
             "xz stream of {} bytes is too short to hold a header and a footer",
             stream.len()
         );
@@ -82,14 +83,21 @@ pub(crate) fn single_block(stream: &[u8], block_size: u64) -> Result<(StreamFlag
     let footer = &stream[stream.len() - FRAME..];
     let backward = parse_stream_footer(footer, flags)?;
     let Some(index_start) = (stream.len() - FRAME).checked_sub(backward) else {
-        bail!("xz footer's backward size {backward} points before the start of the stream");
+        bail!(
+            XzFormat,
+            "xz footer's backward size {backward} points before the start of the stream"
+        );
     };
     if index_start < FRAME {
-        bail!("xz footer's backward size {backward} overlaps the stream header");
+        bail!(
+            XzFormat,
+            "xz footer's backward size {backward} overlaps the stream header"
+        );
     }
     let records = parse_index(&stream[index_start..stream.len() - FRAME])?;
     let [(unpadded, uncompressed)] = records[..] else {
         bail!(
+            XzFormat,
             "xz stream has {} blocks where exactly one was expected",
             records.len()
         );
@@ -97,6 +105,7 @@ pub(crate) fn single_block(stream: &[u8], block_size: u64) -> Result<(StreamFlag
     let block = &stream[FRAME..index_start];
     if padded(unpadded) != block.len() as u64 {
         bail!(
+            XzFormat,
             "xz index says the block's unpadded size is {unpadded} but the block takes {} bytes",
             block.len()
         );
@@ -109,11 +118,15 @@ pub(crate) fn single_block(stream: &[u8], block_size: u64) -> Result<(StreamFlag
 /// Checks the magic and CRC32 of a stream header and returns its flags.
 fn parse_stream_header(h: &[u8]) -> Result<StreamFlags> {
     if h[..6] != HEADER_MAGIC {
-        bail!("not an xz stream: bad header magic {:02x?}", &h[..6]);
+        bail!(
+            XzFormat,
+            "not an xz stream: bad header magic {:02x?}",
+            &h[..6]
+        );
     }
     let flags = [h[6], h[7]];
     if crc32fast::hash(&flags).to_le_bytes() != h[8..12] {
-        bail!("xz stream header CRC32 mismatch");
+        bail!(XzFormat, "xz stream header CRC32 mismatch");
     }
     check_size(flags)?;
     Ok(flags)
@@ -122,13 +135,18 @@ fn parse_stream_header(h: &[u8]) -> Result<StreamFlags> {
 /// Checks a stream footer against the header's flags and returns the index size in bytes.
 fn parse_stream_footer(f: &[u8], flags: StreamFlags) -> Result<usize> {
     if f[10..12] != FOOTER_MAGIC {
-        bail!("xz stream footer has a bad magic {:02x?}", &f[10..12]);
+        bail!(
+            XzFormat,
+            "xz stream footer has a bad magic {:02x?}",
+            &f[10..12]
+        );
     }
     if crc32fast::hash(&f[4..10]).to_le_bytes() != f[..4] {
-        bail!("xz stream footer CRC32 mismatch");
+        bail!(XzFormat, "xz stream footer CRC32 mismatch");
     }
     if f[8..10] != flags {
         bail!(
+            XzFormat,
             "xz stream footer flags {:02x?} differ from the header's {flags:02x?}",
             &f[8..10]
         );
@@ -140,11 +158,11 @@ fn parse_stream_footer(f: &[u8], flags: StreamFlags) -> Result<usize> {
 /// Parses an index (indicator through CRC32) into its (unpadded, uncompressed) records.
 fn parse_index(index: &[u8]) -> Result<Vec<(u64, u64)>> {
     if index.len() < 8 || index.len() & 3 != 0 || index[0] != 0x00 {
-        bail!("xz index of {} bytes is malformed", index.len());
+        bail!(XzFormat, "xz index of {} bytes is malformed", index.len());
     }
     let body_len = index.len() - 4;
     if crc32fast::hash(&index[..body_len]).to_le_bytes() != index[body_len..] {
-        bail!("xz index CRC32 mismatch");
+        bail!(XzFormat, "xz index CRC32 mismatch");
     }
     let body = &index[..body_len];
     let mut pos = 1;
@@ -157,6 +175,7 @@ fn parse_index(index: &[u8]) -> Result<Vec<(u64, u64)>> {
     }
     if body.len() - pos > 3 || body[pos..].iter().any(|&b| b != 0) {
         bail!(
+            XzFormat,
             "xz index has {} unexpected bytes after its records",
             body.len() - pos
         );
@@ -169,23 +188,32 @@ fn parse_index(index: &[u8]) -> Result<Vec<(u64, u64)>> {
 fn with_sizes(block: &[u8], sizes: (u64, u64), check: u64, block_size: u64) -> Result<Block> {
     let (unpadded, uncompressed) = sizes;
     let Some(&size_byte) = block.first() else {
-        bail!("xz block is empty");
+        bail!(XzFormat, "xz block is empty");
     };
     if size_byte == 0 {
-        bail!("xz block header size byte is 0 (an index indicator)");
+        bail!(
+            XzFormat,
+            "xz block header size byte is 0 (an index indicator)"
+        );
     }
     let header_len = (size_byte as usize + 1) * 4;
     if header_len > block.len() {
-        bail!("xz block header of {header_len} bytes is longer than the block");
+        bail!(
+            XzFormat,
+            "xz block header of {header_len} bytes is longer than the block"
+        );
     }
     let header = &block[..header_len];
     let crc_at = header_len - 4;
     if crc32fast::hash(&header[..crc_at]).to_le_bytes() != header[crc_at..] {
-        bail!("xz block header CRC32 mismatch");
+        bail!(XzFormat, "xz block header CRC32 mismatch");
     }
     let filters = filter_flags(&header[..crc_at])?;
     let Some(compressed) = unpadded.checked_sub(header_len as u64 + check) else {
-        bail!("xz block's unpadded size {unpadded} is smaller than its header and check");
+        bail!(
+            XzFormat,
+            "xz block's unpadded size {unpadded} is smaller than its header and check"
+        );
     };
 
     let mut new = vec![0u8, header[1] | HAS_COMPRESSED | HAS_UNCOMPRESSED];
@@ -202,6 +230,7 @@ fn with_sizes(block: &[u8], sizes: (u64, u64), check: u64, block_size: u64) -> R
     }
     if new.len() + 4 > 1024 {
         bail!(
+            XzFormat,
             "xz block header would be {} bytes, over the format's 1024",
             new.len() + 4
         );
@@ -222,10 +251,13 @@ fn with_sizes(block: &[u8], sizes: (u64, u64), check: u64, block_size: u64) -> R
 /// Returns the filter flags of a block header (without its CRC32), checking what surrounds them.
 fn filter_flags(header: &[u8]) -> Result<&[u8]> {
     let Some(&flags) = header.get(1) else {
-        bail!("xz block header has no flags byte");
+        bail!(XzFormat, "xz block header has no flags byte");
     };
     if flags & 0x3C != 0 {
-        bail!("xz block header flags {flags:#04x} use reserved bits");
+        bail!(
+            XzFormat,
+            "xz block header flags {flags:#04x} use reserved bits"
+        );
     }
     let mut pos = 2;
     if flags & HAS_COMPRESSED != 0 {
@@ -240,11 +272,14 @@ fn filter_flags(header: &[u8]) -> Result<&[u8]> {
         let props = get_varint(header, &mut pos)?;
         pos = match usize::try_from(props).ok().and_then(|p| pos.checked_add(p)) {
             Some(end) if end <= header.len() => end,
-            _ => bail!("xz block header filter properties ({props} bytes) overrun the header"),
+            _ => bail!(
+                XzFormat,
+                "xz block header filter properties ({props} bytes) overrun the header"
+            ),
         };
     }
     if header[pos..].iter().any(|&b| b != 0) {
-        bail!("xz block header padding is not zero");
+        bail!(XzFormat, "xz block header padding is not zero");
     }
     Ok(&header[start..pos])
 }
@@ -252,7 +287,7 @@ fn filter_flags(header: &[u8]) -> Result<&[u8]> {
 /// Size of the integrity check selected by stream flags.
 fn check_size(flags: StreamFlags) -> Result<u64> {
     if flags[0] != 0 || flags[1] & 0xF0 != 0 {
-        bail!("xz stream flags {flags:02x?} use reserved bits");
+        bail!(XzFormat, "xz stream flags {flags:02x?} use reserved bits");
     }
     Ok(match flags[1] & 0x0F {
         0x00 => 0,
@@ -298,13 +333,18 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
     let mut value = 0u64;
     for i in 0..9 {
         let Some(&b) = buf.get(*pos) else {
-            bail!("xz integer runs past the end of its field at byte {}", *pos);
+            bail!(
+                XzFormat,
+                "xz integer runs past the end of its field at byte {}",
+                *pos
+            );
         };
         *pos += 1;
         value |= u64::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
             if i > 0 && b == 0 {
                 bail!(
+                    XzFormat,
                     "xz integer ending at byte {} is not minimally encoded",
                     *pos
                 );
@@ -312,7 +352,11 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
             return Ok(value);
         }
     }
-    bail!("xz integer ending at byte {} is longer than 9 bytes", *pos)
+    bail!(
+        XzFormat,
+        "xz integer ending at byte {} is longer than 9 bytes",
+        *pos
+    )
 }
 
 #[cfg(test)]

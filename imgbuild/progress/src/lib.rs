@@ -77,6 +77,30 @@ impl Deref for Reporter {
     }
 }
 
+/// A stage that finishes when dropped: [`Stage::start`] calls [`Progress::start`], and
+/// [`Progress::finish`] runs however the scope ends (an early `?` return included), so a
+/// failed operation never leaves its bar behind.
+pub struct Stage<'a>(&'a dyn Progress);
+
+impl<'a> Stage<'a> {
+    /// Starts the stage `stage` of `total` bytes on `progress`.
+    pub fn start(progress: &'a dyn Progress, stage: &str, total: u64) -> Stage<'a> {
+        progress.start(stage, total);
+        Stage(progress)
+    }
+
+    /// `pos` bytes of the stage are done.
+    pub fn set(&self, pos: u64) {
+        self.0.set(pos);
+    }
+}
+
+impl Drop for Stage<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +140,22 @@ mod tests {
         );
         assert_eq!(format!("{reporter:?}"), "Reporter");
         Reporter::default().start("nothing", 1);
+    }
+
+    #[test]
+    fn a_stage_finishes_on_an_early_return() {
+        let log = Log::default();
+        let failing = || -> Result<(), &str> {
+            let stage = Stage::start(&log, "upload y", 8);
+            stage.set(3);
+            Err("interrupted")?;
+            stage.set(8);
+            Ok(())
+        };
+        assert_eq!(failing(), Err("interrupted"));
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            ["start upload y 8", "set 3", "finish"]
+        );
     }
 }
