@@ -271,7 +271,8 @@ impl<'a> Build<'a> {
 
     /// Stage: grows the image, the root partition and its file system as `[image]` asks (see
     /// [`crate::grow`]); returns the new table, partitions and image size. What the growth
-    /// wrote is marked dirty for the packer (resize2fs's own writes are not tracked).
+    /// wrote (the table areas, the changed pieces of the root, the new tail) is marked dirty for the
+    /// packer.
     fn grow(
         &self,
         table: Table,
