@@ -259,12 +259,11 @@ fn cloud_status(cmd: cloud::CloudCommand) -> Result<ExitCode> {
 }
 
 fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
-    let err = |e: imgbuild_fetch::FetchError| Error::msg(e.to_string());
     match cmd {
         CacheCommand::Ls { cache } => {
             let root = base::cache_dir(cache.cache_dir.as_deref())?;
-            let c = imgbuild_fetch::Cache::open(&root).map_err(err)?;
-            for e in c.ls().map_err(err)? {
+            let c = imgbuild_fetch::Cache::open(&root)?;
+            for e in c.ls()? {
                 println!(
                     "{:<11} {:>14} {}  {}",
                     e.kind.name(),
@@ -273,7 +272,7 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
                     e.url.as_deref().unwrap_or("")
                 );
             }
-            for f in c.ls_other().map_err(err)? {
+            for f in c.ls_other()? {
                 let kind = match (f.kind, f.live) {
                     ("scratch", false) => "scratch (writer gone)",
                     (kind, _) => kind,
@@ -287,7 +286,7 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
         }
         CacheCommand::Prune { cache, keep_pinned } => {
             let root = base::cache_dir(cache.cache_dir.as_deref())?;
-            let c = imgbuild_fetch::Cache::open(&root).map_err(err)?;
+            let c = imgbuild_fetch::Cache::open(&root)?;
             let pinned: Vec<String> = board::load_all(boards_dir)?
                 .values()
                 .filter_map(|b| match b.base.sha256.is_empty() {
@@ -295,9 +294,7 @@ fn cache_command(cmd: CacheCommand, boards_dir: Option<&Path>) -> Result<()> {
                     true => c.sha256_of_sha512(&b.base.sha512),
                 })
                 .collect();
-            let report = c
-                .prune(|e| keep_pinned && pinned.contains(&e.key))
-                .map_err(err)?;
+            let report = c.prune(|e| keep_pinned && pinned.contains(&e.key))?;
             let others = imgbuild_core::cachedir::prune(&root)?;
             let other_files: u64 = others.iter().map(|u| u.files).sum();
             let other_bytes: u64 = others.iter().map(|u| u.bytes).sum();
@@ -317,10 +314,7 @@ fn list_boards(dir: Option<&Path>, json: bool) -> Result<()> {
     let all = board::load_all(dir)?;
     if json {
         let v: Vec<&Board> = all.values().collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| Error::msg(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     for b in all.values() {
@@ -358,10 +352,7 @@ fn inspect_image(image: &Path, json: bool) -> Result<()> {
     };
     let report = inspect::inspect(&raw).map_err(|e| e.context(image.display()))?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Error::msg(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", inspect::render(&report));
     }
@@ -440,14 +431,11 @@ fn build(args: &BuildArgs, boards_dir: Option<&Path>) -> Result<()> {
     #[cfg(not(feature = "cloud"))]
     let uploaded: Vec<String> = Vec::new();
     if args.json {
-        let mut json = serde_json::to_value(&summary).map_err(|e| Error::msg(e.to_string()))?;
+        let mut json = serde_json::to_value(&summary)?;
         if let Some(map) = json.as_object_mut().filter(|_| !uploaded.is_empty()) {
             map.insert("uploaded".into(), uploaded.into());
         }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json).map_err(|e| Error::msg(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!(
             "{} ({} bytes, sha256 {})\n{}\n{}\n{}\n{} entries written",

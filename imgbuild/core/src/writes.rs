@@ -688,7 +688,11 @@ impl Staged<'_> {
             let data = std::fs::read(&d.path)
                 .context(|| format!("--preseed: reading {}", d.path.display()))?;
             out.push(Entry {
-                path: format!("{}/debs/{}", crate::payload::PRESEED_DIR, d.file_name),
+                path: format!(
+                    "{}/{}",
+                    imgbuild_greengrass::contract::PRESEED_DEBS_DIR,
+                    d.file_name
+                ),
                 kind: EntryKind::File(data),
                 mode: 0o644,
                 owner: OwnerSpec::root(),
