@@ -1,5 +1,5 @@
 //! The parts of the cache directory that are not downloads (those are `imgbuild-fetch`'s):
-//! compressed chunk blocks and chunk indexes (`chunks/`), remembered base hashes
+//! compressed chunk blocks, their verification memos and chunk indexes (`chunks/`), remembered base hashes
 //! (`base-sha256/`), base check verdicts (`verdicts/`) and pre-seeded .debs with their apt lists
 //! (`debs/`). `imgbuild cache ls` shows them by kind and `imgbuild cache prune` removes them all:
 //! each is an optimisation that a build recreates when it is missing.
@@ -8,8 +8,9 @@ use crate::error::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The kinds of files listed here, with their folder under the cache root.
-pub const KINDS: [(&str, &str); 5] = [
+pub const KINDS: [(&str, &str); 6] = [
     ("chunk", "chunks/chunks"),
+    ("verified", "chunks/verified"),
     ("index", "chunks/index"),
     ("base-sha256", "base-sha256"),
     ("verdict", "verdicts"),

@@ -13,6 +13,10 @@
 //! Integrity: a block is used only after it has been decompressed and the SHA-256 of what it
 //! decodes to equals the content hash it was looked up by, so a swapped, truncated or
 //! bit-flipped file can never put other bytes into an image: it is a miss, and it is deleted.
+//! The verdict is remembered as `verified/xx/<key>` = the SHA-256 of the block file's bytes:
+//! a later use hashes the compressed bytes and decodes again only when they changed (a
+//! writer of the cache directory could forge the memo, as it could forge any check stored
+//! there; the directories are 0700).
 //! An index that does not parse or whose checksum does not match is a miss too (deleted, then
 //! recomputed from the image).
 //!
@@ -78,12 +82,37 @@ impl ChunkCache {
     /// a miss too (the cache is an optimisation).
     pub(crate) fn load_block(&self, content: &Hash, len: u64, p: &BlockParams) -> Option<Block> {
         let path = self.block_path(content, p);
+        let memo = self.verified_path(&path);
         let bytes = fs::read(&path).ok()?;
-        let block = decode_block(bytes, len).filter(|b| decodes_to(b, content, len));
-        if block.is_none() {
-            let _ = fs::remove_file(&path);
+        // A block file whose exact bytes were verified before needs no second decoding: hashing
+        // the compressed bytes is several times cheaper than decompressing and hashing them.
+        let file_hash = sha256(&bytes);
+        let verified = fs::read(&memo).is_ok_and(|m| m == file_hash);
+        let block = decode_block(bytes, len).filter(|b| verified || decodes_to(b, content, len));
+        match &block {
+            None => {
+                let _ = fs::remove_file(&path);
+                let _ = fs::remove_file(&memo);
+            }
+            // Not synced: a torn memo does not match and the block is verified again.
+            Some(_) if !verified => {
+                let _ = write_atomically(&memo, &file_hash, false);
+            }
+            Some(_) => {}
         }
         block
+    }
+
+    /// Where the verdict "these exact block-file bytes decode to their content hash" is kept:
+    /// `verified/xx/<key>`, holding the SHA-256 of the block file that passed.
+    fn verified_path(&self, block: &Path) -> PathBuf {
+        let key = block.file_name().map(PathBuf::from).unwrap_or_default();
+        let sub = block
+            .parent()
+            .and_then(Path::file_name)
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        self.dir.join("verified").join(sub).join(key)
     }
 
     /// Stores the block of a chunk with content hash `content`.
@@ -381,6 +410,27 @@ mod tests {
         bytes[24..28].copy_from_slice(&crc);
         fs::write(&pa, &bytes).expect("write");
         assert_eq!(cache.load_block(&a, len, &p), None);
+        // A block verified once (memo written), then flipped with its CRC32 fixed up: the memo
+        // no longer matches the file's bytes, so it is decoded again and refused.
+        cache
+            .store_block(&a, &block_of(&a_data), &p)
+            .expect("store");
+        assert_eq!(cache.load_block(&a, len, &p), Some(block_of(&a_data)));
+        assert!(
+            cache.verified_path(&pa).exists(),
+            "the verdict is remembered"
+        );
+        assert_eq!(cache.load_block(&a, len, &p), Some(block_of(&a_data)));
+        let mut bytes = fs::read(&pa).expect("read");
+        bytes[at] ^= 1;
+        let crc = crc32fast::hash(&bytes[BLOCK_HEADER..]).to_le_bytes();
+        bytes[24..28].copy_from_slice(&crc);
+        fs::write(&pa, &bytes).expect("write");
+        assert_eq!(cache.load_block(&a, len, &p), None);
+        assert!(
+            !cache.verified_path(&pa).exists(),
+            "the stale verdict is removed"
+        );
         // Truncated.
         cache
             .store_block(&a, &block_of(&a_data), &p)
