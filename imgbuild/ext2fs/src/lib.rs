@@ -2,9 +2,10 @@
 //! ext2/3/4 file systems inside image files without mounting them: read files, directories and
 //! symlinks; create directories, files and symlinks; change owner/mode/mtime; remove entries.
 //!
-//! This is the only crate of imgbuild with `unsafe` code. It is confined to three modules:
-//! `raw` (one safe method per library call), `tracking` (an I/O channel that records the
-//! byte ranges written) and `overlay_io` (an I/O manager over a copy-on-write
+//! This is the only crate of imgbuild with `unsafe` code. It is confined to four modules:
+//! `raw` (one safe method per library call), `io_manager` (what the crate's two I/O managers
+//! share: the C table and entry points over a Rust trait), `tracking` (an I/O channel that
+//! records the byte ranges written) and `overlay_io` (an I/O manager over a copy-on-write
 //! [`Overlay`], see [`Fs::open_overlay`]). Everything public is safe.
 //!
 //! ```no_run
@@ -24,6 +25,7 @@
 
 mod error;
 mod fs;
+mod io_manager;
 mod overlay_io;
 mod path;
 mod raw;

@@ -22,17 +22,20 @@
 //!   leaving it is correct; io_manager.c returns the same when a manager has none).
 //!   `cache_readahead` does nothing (the kernel reads ahead in both files).
 //!
+//! The C table and entry points are [`crate::io_manager`]'s; the channel state here implements
+//! its `Backend` trait.
+//!
 //! The overlay reaches the manager's `open` through a registry: [`Registration`] files it under
 //! a unique name, which is passed to `ext2fs_open2` as the device name.
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_ulong, c_ulonglong, c_void, CStr, CString};
-use std::ptr;
+use std::ffi::{c_int, c_ulong, c_void, CStr, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use imgbuild_overlay::Overlay;
 
+use crate::io_manager::{new_channel, transfer_bytes, Backend, Stats, Table, Transfer};
 use crate::raw::{code, Code};
 use crate::sys;
 use crate::tracking::Ranges;
@@ -89,8 +92,10 @@ impl Drop for Registration {
 
 /// The manager to pass to `ext2fs_open2` together with a [`Registration`]'s name.
 pub(crate) fn manager() -> sys::io_manager {
-    ptr::addr_of!(MANAGER.0).cast_mut()
+    MANAGER.ptr()
 }
+
+static MANAGER: Table = Table::of::<Channel>(c"imgbuild overlay I/O manager");
 
 /// The private data of a channel.
 struct Channel {
@@ -99,22 +104,14 @@ struct Channel {
     offset: Cell<u64>,
     writable: bool,
     ranges: Ranges,
-    /// Returned by pointer from `get_stats`; hence a `Cell` (the caller reads it later).
-    stats: Cell<sys::struct_io_stats>,
+    stats: Stats,
     /// The channel's `name` points into this string.
     name: CString,
 }
 
 impl Channel {
-    fn add_stats(&self, read: u64, written: u64) {
-        let mut s = self.stats.get();
-        s.bytes_read = s.bytes_read.saturating_add(read);
-        s.bytes_written = s.bytes_written.saturating_add(written);
-        self.stats.set(s);
-    }
-
     /// Writes `data` at image offset `pos` into the overlay and records it.
-    fn write(&self, data: &[u8], pos: u64) -> Result<(), Code> {
+    fn write_at(&self, data: &[u8], pos: u64) -> Result<(), Code> {
         if !self.writable {
             return Err(code(sys::EXT2_ET_RO_FILSYS));
         }
@@ -125,9 +122,121 @@ impl Channel {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(pos, data.len() as u64);
-        self.add_stats(0, data.len() as u64);
+        self.stats.add(0, data.len() as u64);
         Ok(())
     }
+
+    /// Image offset of `block` (blocks of `block_size` bytes).
+    fn position(&self, block: u64, block_size: u64) -> Result<u64, Code> {
+        block
+            .checked_mul(block_size)
+            .and_then(|p| p.checked_add(self.offset.get()))
+            .ok_or(code(sys::EXT2_ET_LLSEEK_FAILED))
+    }
+
+    /// Image offset and byte length of the transfer `t`.
+    ///
+    /// # Safety
+    /// `channel` is the live channel whose private data is `self`.
+    unsafe fn extent<D>(
+        &self,
+        channel: sys::io_channel,
+        t: &Transfer<D>,
+    ) -> Result<(u64, usize), Code> {
+        // SAFETY: caller's contract.
+        let bs = unsafe { block_size(channel) }?;
+        let size = transfer_bytes(i64::from(t.count), bs);
+        let pos = self.position(t.block.get(), bs)?;
+        let size = usize::try_from(size).map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))?;
+        Ok((pos, size))
+    }
+
+    /// Runs `op` with the image offset and byte length of the transfer `t` unless it is empty.
+    ///
+    /// # Safety
+    /// `channel` is the live channel whose private data is `self`.
+    unsafe fn on_extent<D>(
+        &self,
+        channel: sys::io_channel,
+        t: &Transfer<D>,
+        op: impl FnOnce(u64, usize) -> Code,
+    ) -> Code {
+        // SAFETY: caller's contract.
+        match unsafe { self.extent(channel, t) } {
+            Ok((_, 0)) => 0,
+            Ok((pos, size)) => op(pos, size),
+            Err(rc) => rc,
+        }
+    }
+
+    /// Reads the transfer `t` (`size` bytes at image offset `pos`, see the module
+    /// documentation).
+    ///
+    /// # Safety
+    /// As for [`Backend::read`]; `size` is the transfer's byte length.
+    unsafe fn read_blocks(
+        &self,
+        channel: sys::io_channel,
+        t: Transfer<*mut c_void>,
+        pos: u64,
+        size: usize,
+    ) -> Code {
+        // SAFETY: caller's contract: `data` is valid for `size` bytes and not aliased during the
+        // call.
+        let buf = unsafe { std::slice::from_raw_parts_mut(t.data.cast::<u8>(), size) };
+        let (actual, rc) = match self.overlay.read_at(buf, pos) {
+            Ok(n) if n == size => (n, 0),
+            Ok(n) => (n, code(sys::EXT2_ET_SHORT_READ)),
+            Err(e) => (0, errno_or(&e, sys::EXT2_ET_SHORT_READ)),
+        };
+        self.stats.add(actual as u64, 0);
+        if rc == 0 {
+            return 0;
+        }
+        buf[actual..].fill(0);
+        let (block, actual) = (t.block.get() as c_ulong, c_int::try_from(actual));
+        let actual = actual.unwrap_or(c_int::MAX);
+        // SAFETY: live channel; the hook (set by e.g. e2fsck) gets unix_io's arguments.
+        match unsafe { (*channel).read_error } {
+            Some(hook) => unsafe { hook(channel, block, t.count, t.data, size, actual, rc) },
+            None => rc,
+        }
+    }
+
+    /// Writes the transfer `t` (`size` bytes at image offset `pos`, see the module
+    /// documentation).
+    ///
+    /// # Safety
+    /// As for [`Backend::write`]; `size` is the transfer's byte length.
+    unsafe fn write_blocks(
+        &self,
+        channel: sys::io_channel,
+        t: Transfer<*const c_void>,
+        pos: u64,
+        size: usize,
+    ) -> Code {
+        // SAFETY: caller's contract: `data` is valid for `size` bytes.
+        let buf = unsafe { std::slice::from_raw_parts(t.data.cast::<u8>(), size) };
+        let Err(rc) = self.write_at(buf, pos) else {
+            return 0;
+        };
+        let block = t.block.get() as c_ulong;
+        // SAFETY: live channel; the hook gets unix_io's arguments.
+        match unsafe { (*channel).write_error } {
+            Some(hook) => unsafe { hook(channel, block, t.count, t.data, size, 0, rc) },
+            None => rc,
+        }
+    }
+}
+
+/// The block size of `channel` in bytes.
+///
+/// # Safety
+/// `channel` is a live channel.
+unsafe fn block_size(channel: sys::io_channel) -> Result<u64, Code> {
+    // SAFETY: caller's contract.
+    let bs = unsafe { (*channel).block_size };
+    u64::try_from(bs).map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))
 }
 
 /// The errno of an I/O error as an error code, or `fallback`.
@@ -138,306 +247,125 @@ fn errno_or(e: &std::io::Error, fallback: u32) -> Code {
     }
 }
 
-/// The manager table (`Sync` wrapper: it is never written after start-up).
-struct Manager(sys::struct_io_manager);
-// SAFETY: the table is immutable; its raw pointers refer to static data and functions.
-unsafe impl Sync for Manager {}
+impl Backend for Channel {
+    const TABLE: &'static Table = &MANAGER;
 
-static MANAGER: Manager = Manager(sys::struct_io_manager {
-    magic: sys::EXT2_ET_MAGIC_IO_MANAGER as Code,
-    name: c"imgbuild overlay I/O manager".as_ptr(),
-    open: Some(o_open),
-    close: Some(o_close),
-    set_blksize: Some(o_set_blksize),
-    read_blk: Some(o_read_blk),
-    write_blk: Some(o_write_blk),
-    flush: Some(o_flush),
-    write_byte: Some(o_write_byte),
-    set_option: Some(o_set_option),
-    get_stats: Some(o_get_stats),
-    read_blk64: Some(o_read_blk64),
-    write_blk64: Some(o_write_blk64),
-    discard: Some(o_discard),
-    cache_readahead: Some(o_cache_readahead),
-    zeroout: Some(o_zeroout),
-    reserved: [0; 14],
-});
-
-/// The private data of a channel opened by [`o_open`].
-///
-/// # Safety
-/// `channel` must be a channel created by [`o_open`] and not yet closed.
-unsafe fn state<'a>(channel: sys::io_channel) -> &'a Channel {
-    // SAFETY: guaranteed by the caller; `private_data` was set from `Box<Channel>`.
-    unsafe { &*(*channel).private_data.cast::<Channel>() }
-}
-
-/// Image offset and byte length of `count` blocks at `block` (negative `count`: bytes).
-///
-/// # Safety
-/// As for [`state`].
-unsafe fn extent(channel: sys::io_channel, block: u64, count: c_int) -> Result<(u64, usize), Code> {
-    // SAFETY: live channel (caller).
-    let (bs, st) = unsafe { ((*channel).block_size, state(channel)) };
-    let bs = u64::try_from(bs).map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))?;
-    let size = if count < 0 {
-        u64::from(count.unsigned_abs())
-    } else {
-        u64::from(count.unsigned_abs()).saturating_mul(bs)
-    };
-    let pos = block
-        .checked_mul(bs)
-        .and_then(|p| p.checked_add(st.offset.get()))
-        .ok_or(code(sys::EXT2_ET_LLSEEK_FAILED))?;
-    let size = usize::try_from(size).map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))?;
-    Ok((pos, size))
-}
-
-unsafe extern "C" fn o_open(
-    name: *const c_char,
-    flags: c_int,
-    channel: *mut sys::io_channel,
-) -> Code {
-    if name.is_null() || channel.is_null() {
-        return code(sys::EXT2_ET_BAD_DEVICE_NAME);
+    fn stats(&self) -> &Stats {
+        &self.stats
     }
-    // SAFETY: libext2fs passes the NUL-terminated device name it was given.
-    let name = unsafe { CStr::from_ptr(name) };
-    let found = {
-        let mut list = pending();
-        list.iter()
-            .position(|p| p.name.as_c_str() == name)
-            .map(|i| list.swap_remove(i))
-    };
-    let Some(Pending {
-        name,
-        overlay,
-        ranges,
-    }) = found
-    else {
-        return code(sys::EXT2_ET_BAD_DEVICE_NAME);
-    };
-    let state = Box::new(Channel {
-        overlay,
-        offset: Cell::new(0),
-        writable: flags & sys::IO_FLAG_RW as c_int != 0,
-        ranges,
-        stats: Cell::new(sys::struct_io_stats {
-            num_fields: 2,
-            ..Default::default()
-        }),
-        name,
-    });
-    let io = Box::new(sys::struct_io_channel {
-        magic: code(sys::EXT2_ET_MAGIC_IO_CHANNEL),
-        manager: manager(),
-        // libext2fs only reads the name (for messages); it stays valid as long as `state`.
-        name: state.name.as_ptr().cast_mut(),
-        block_size: 1024,
-        refcount: 1,
-        private_data: Box::into_raw(state).cast(),
-        ..Default::default()
-    });
-    // SAFETY: `channel` is a valid out-pointer (checked non-null above).
-    unsafe { *channel = Box::into_raw(io) };
-    0
-}
 
-unsafe extern "C" fn o_close(channel: sys::io_channel) -> Code {
-    // SAFETY: `channel` is a live channel of this manager; it and its state were allocated as
-    // boxes in `o_open` and are freed exactly once, when the last reference is dropped.
-    unsafe {
-        (*channel).refcount -= 1;
-        if (*channel).refcount > 0 {
+    /// Takes the overlay registered under `name` out of the registry.
+    fn open(name: &CStr, flags: c_int) -> Result<sys::io_channel, Code> {
+        let found = {
+            let mut list = pending();
+            list.iter()
+                .position(|p| p.name.as_c_str() == name)
+                .map(|i| list.swap_remove(i))
+        };
+        let Some(Pending {
+            name,
+            overlay,
+            ranges,
+        }) = found
+        else {
+            return Err(code(sys::EXT2_ET_BAD_DEVICE_NAME));
+        };
+        let state = Channel {
+            overlay,
+            offset: Cell::new(0),
+            writable: flags & sys::IO_FLAG_RW as c_int != 0,
+            ranges,
+            stats: Stats::new(),
+            name,
+        };
+        let fields = sys::struct_io_channel {
+            // libext2fs only reads the name (for messages). It points into the string's heap
+            // buffer, which moving the state into its box does not move: it stays valid as
+            // long as the state.
+            name: state.name.as_ptr().cast_mut(),
+            block_size: 1024,
+            ..Default::default()
+        };
+        Ok(new_channel(state, fields))
+    }
+
+    unsafe fn set_blksize(&self, channel: sys::io_channel, blksize: c_int) -> Code {
+        if blksize <= 0 {
+            return code(sys::EXT2_ET_INVALID_ARGUMENT);
+        }
+        // SAFETY: live channel (trait contract).
+        unsafe { (*channel).block_size = blksize };
+        0
+    }
+
+    unsafe fn read(&self, channel: sys::io_channel, t: Transfer<*mut c_void>) -> Code {
+        // SAFETY: trait contract (as `read_blocks` requires it).
+        unsafe {
+            self.on_extent(channel, &t, |pos, size| {
+                self.read_blocks(channel, t, pos, size)
+            })
+        }
+    }
+
+    unsafe fn write(&self, channel: sys::io_channel, t: Transfer<*const c_void>) -> Code {
+        // SAFETY: trait contract (as `write_blocks` requires it).
+        unsafe {
+            self.on_extent(channel, &t, |pos, size| {
+                self.write_blocks(channel, t, pos, size)
+            })
+        }
+    }
+
+    unsafe fn write_byte(&self, offset: c_ulong, count: c_int, data: *const c_void) -> Code {
+        let Ok(size) = usize::try_from(count) else {
+            return code(sys::EXT2_ET_INVALID_ARGUMENT);
+        };
+        if size == 0 {
             return 0;
         }
-        drop(Box::from_raw((*channel).private_data.cast::<Channel>()));
-        drop(Box::from_raw(channel));
+        #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
+        let Some(pos) = u64::from(offset).checked_add(self.offset.get()) else {
+            return code(sys::EXT2_ET_LLSEEK_FAILED);
+        };
+        // SAFETY: trait contract: `data` holds `count` readable bytes.
+        let buf = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
+        match self.write_at(buf, pos) {
+            Ok(()) => 0,
+            Err(rc) => rc,
+        }
     }
-    0
-}
 
-unsafe extern "C" fn o_set_blksize(channel: sys::io_channel, blksize: c_int) -> Code {
-    if blksize <= 0 {
-        return code(sys::EXT2_ET_INVALID_ARGUMENT);
+    fn set_option(&self, option: &CStr, arg: Option<&CStr>) -> Code {
+        if option.to_bytes() != b"offset" {
+            return code(sys::EXT2_ET_INVALID_ARGUMENT);
+        }
+        let Some(offset) = arg.and_then(|a| parse_offset(a.to_str().ok()?)) else {
+            return code(sys::EXT2_ET_INVALID_ARGUMENT);
+        };
+        self.offset.set(offset);
+        0
     }
-    // SAFETY: live channel of this manager.
-    unsafe { (*channel).block_size = blksize };
-    0
-}
 
-/// Reads `count` blocks at `block` into `data` (see the module documentation).
-///
-/// # Safety
-/// `channel` is a live channel of this manager; `data` holds the requested number of bytes.
-unsafe fn read(channel: sys::io_channel, block: u64, count: c_int, data: *mut c_void) -> Code {
-    // SAFETY: caller's contract.
-    let (pos, size) = match unsafe { extent(channel, block, count) } {
-        Ok(e) => e,
-        Err(rc) => return rc,
-    };
-    if size == 0 {
-        return 0;
+    unsafe fn zeroout(&self, channel: sys::io_channel, block: u64, count: u64) -> Code {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        // SAFETY: live channel (trait contract).
+        let bs = match unsafe { block_size(channel) } {
+            Ok(bs) => bs,
+            Err(rc) => return rc,
+        };
+        let (Ok(mut pos), Some(len)) = (self.position(block, bs), count.checked_mul(bs)) else {
+            return code(sys::EXT2_ET_LLSEEK_FAILED);
+        };
+        let end = pos.saturating_add(len);
+        while pos < end {
+            let n = (end - pos).min(ZEROS.len() as u64) as usize;
+            if let Err(rc) = self.write_at(&ZEROS[..n], pos) {
+                return rc;
+            }
+            pos += n as u64;
+        }
+        0
     }
-    // SAFETY: caller's contract: `data` is valid for `size` bytes and not aliased during the call.
-    let buf = unsafe { std::slice::from_raw_parts_mut(data.cast::<u8>(), size) };
-    // SAFETY: live channel.
-    let st = unsafe { state(channel) };
-    let (actual, rc) = match st.overlay.read_at(buf, pos) {
-        Ok(n) if n == size => (n, 0),
-        Ok(n) => (n, code(sys::EXT2_ET_SHORT_READ)),
-        Err(e) => (0, errno_or(&e, sys::EXT2_ET_SHORT_READ)),
-    };
-    st.add_stats(actual as u64, 0);
-    if rc == 0 {
-        return 0;
-    }
-    buf[actual..].fill(0);
-    // SAFETY: live channel; the hook (set by e.g. e2fsck) gets unix_io's arguments.
-    match unsafe { (*channel).read_error } {
-        Some(hook) => unsafe {
-            hook(
-                channel,
-                block as c_ulong,
-                count,
-                data,
-                size,
-                c_int::try_from(actual).unwrap_or(c_int::MAX),
-                rc,
-            )
-        },
-        None => rc,
-    }
-}
-
-/// Writes `count` blocks at `block` from `data` (see the module documentation).
-///
-/// # Safety
-/// `channel` is a live channel of this manager; `data` holds the given number of bytes.
-unsafe fn write(channel: sys::io_channel, block: u64, count: c_int, data: *const c_void) -> Code {
-    // SAFETY: caller's contract.
-    let (pos, size) = match unsafe { extent(channel, block, count) } {
-        Ok(e) => e,
-        Err(rc) => return rc,
-    };
-    if size == 0 {
-        return 0;
-    }
-    // SAFETY: caller's contract: `data` is valid for `size` bytes.
-    let buf = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
-    // SAFETY: live channel.
-    let rc = match unsafe { state(channel) }.write(buf, pos) {
-        Ok(()) => return 0,
-        Err(rc) => rc,
-    };
-    // SAFETY: live channel; the hook gets unix_io's arguments.
-    match unsafe { (*channel).write_error } {
-        Some(hook) => unsafe { hook(channel, block as c_ulong, count, data, size, 0, rc) },
-        None => rc,
-    }
-}
-
-unsafe extern "C" fn o_read_blk(
-    channel: sys::io_channel,
-    block: c_ulong,
-    count: c_int,
-    data: *mut c_void,
-) -> Code {
-    // SAFETY: libext2fs calls with a live channel and a buffer of the requested size.
-    #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
-    unsafe {
-        read(channel, u64::from(block), count, data)
-    }
-}
-
-unsafe extern "C" fn o_read_blk64(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_int,
-    data: *mut c_void,
-) -> Code {
-    // SAFETY: as in `o_read_blk`.
-    unsafe { read(channel, block, count, data) }
-}
-
-unsafe extern "C" fn o_write_blk(
-    channel: sys::io_channel,
-    block: c_ulong,
-    count: c_int,
-    data: *const c_void,
-) -> Code {
-    // SAFETY: libext2fs calls with a live channel and a buffer of the given size.
-    #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
-    unsafe {
-        write(channel, u64::from(block), count, data)
-    }
-}
-
-unsafe extern "C" fn o_write_blk64(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_int,
-    data: *const c_void,
-) -> Code {
-    // SAFETY: as in `o_write_blk`.
-    unsafe { write(channel, block, count, data) }
-}
-
-unsafe extern "C" fn o_write_byte(
-    channel: sys::io_channel,
-    offset: c_ulong,
-    count: c_int,
-    data: *const c_void,
-) -> Code {
-    let Ok(size) = usize::try_from(count) else {
-        return code(sys::EXT2_ET_INVALID_ARGUMENT);
-    };
-    if size == 0 {
-        return 0;
-    }
-    // SAFETY: live channel.
-    let st = unsafe { state(channel) };
-    #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
-    let Some(pos) = u64::from(offset).checked_add(st.offset.get()) else {
-        return code(sys::EXT2_ET_LLSEEK_FAILED);
-    };
-    // SAFETY: libext2fs passes `count` readable bytes.
-    let buf = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
-    match st.write(buf, pos) {
-        Ok(()) => 0,
-        Err(rc) => rc,
-    }
-}
-
-unsafe extern "C" fn o_flush(_channel: sys::io_channel) -> Code {
-    // No cache: every write already reached the overlay file.
-    0
-}
-
-unsafe extern "C" fn o_set_option(
-    channel: sys::io_channel,
-    option: *const c_char,
-    arg: *const c_char,
-) -> Code {
-    if option.is_null() {
-        return code(sys::EXT2_ET_INVALID_ARGUMENT);
-    }
-    // SAFETY: io_channel_set_options passes NUL-terminated pieces of its option string.
-    let (option, arg) = unsafe {
-        (
-            CStr::from_ptr(option),
-            (!arg.is_null()).then(|| CStr::from_ptr(arg)),
-        )
-    };
-    if option.to_bytes() != b"offset" {
-        return code(sys::EXT2_ET_INVALID_ARGUMENT);
-    }
-    let Some(offset) = arg.and_then(|a| parse_offset(a.to_str().ok()?)) else {
-        return code(sys::EXT2_ET_INVALID_ARGUMENT);
-    };
-    // SAFETY: live channel.
-    unsafe { state(channel) }.offset.set(offset);
-    0
 }
 
 /// An `offset=` value as unix_io reads it (`strtoull(arg, .., 0)`): decimal, or hex after
@@ -447,61 +375,6 @@ fn parse_offset(s: &str) -> Option<u64> {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => s.parse().ok(),
     }
-}
-
-unsafe extern "C" fn o_get_stats(channel: sys::io_channel, stats: *mut sys::io_stats) -> Code {
-    if !stats.is_null() {
-        // SAFETY: live channel; `stats` is a valid out-pointer. The pointer handed out stays
-        // valid until the channel is closed (the state is boxed).
-        unsafe { *stats = state(channel).stats.as_ptr() };
-    }
-    0
-}
-
-unsafe extern "C" fn o_discard(
-    _channel: sys::io_channel,
-    _block: c_ulonglong,
-    _count: c_ulonglong,
-) -> Code {
-    code(sys::EXT2_ET_UNIMPLEMENTED)
-}
-
-unsafe extern "C" fn o_cache_readahead(
-    _channel: sys::io_channel,
-    _block: c_ulonglong,
-    _count: c_ulonglong,
-) -> Code {
-    0
-}
-
-unsafe extern "C" fn o_zeroout(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_ulonglong,
-) -> Code {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    // SAFETY: live channel.
-    let (bs, st) = unsafe { ((*channel).block_size, state(channel)) };
-    let Ok(bs) = u64::try_from(bs) else {
-        return code(sys::EXT2_ET_INVALID_ARGUMENT);
-    };
-    let (Some(mut pos), Some(len)) = (
-        block
-            .checked_mul(bs)
-            .and_then(|p| p.checked_add(st.offset.get())),
-        count.checked_mul(bs),
-    ) else {
-        return code(sys::EXT2_ET_LLSEEK_FAILED);
-    };
-    let end = pos.saturating_add(len);
-    while pos < end {
-        let n = (end - pos).min(ZEROS.len() as u64) as usize;
-        if let Err(rc) = st.write(&ZEROS[..n], pos) {
-            return rc;
-        }
-        pos += n as u64;
-    }
-    0
 }
 
 #[cfg(test)]

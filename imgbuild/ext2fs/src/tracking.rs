@@ -5,14 +5,16 @@
 //! an outer channel whose manager is [`MANAGER`]; every operation is forwarded to the original
 //! (inner) channel. Only writes happen after the swap (opening reads only), so nothing written is
 //! missed. The outer channel owns the inner one and closes it when libext2fs closes the outer.
+//! The C table and entry points are [`crate::io_manager`]'s; the outer channel's state
+//! implements its `Backend` trait.
 
-use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_ulong, c_ulonglong, c_void};
+use std::ffi::{c_int, c_ulong, c_void, CStr};
 use std::ptr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use imgbuild_ranges::ByteRanges;
 
+use crate::io_manager::{new_channel, transfer_bytes, Backend, Block, Stats, Table, Transfer};
 use crate::raw::{code, Code, RawResult};
 use crate::sys;
 
@@ -35,34 +37,29 @@ impl Tracker {
     /// Wraps `fs`'s I/O channel; `offset` is where the file system starts in the image file.
     pub(crate) fn install(fs: sys::ext2_filsys, offset: u64) -> RawResult<Tracker> {
         let ranges: Ranges = Arc::default();
-        // SAFETY: `fs` is a valid open handle whose `io` is a valid channel. The outer channel is
-        // a zero-initialised `struct_io_channel` (all-zero is valid for it: integers, nullable
-        // pointers and `Option` function pointers) that copies the inner channel's public fields.
+        // SAFETY: `fs` is a valid open handle whose `io` is a valid channel. The outer channel
+        // copies the inner channel's public fields and takes its place (and `image_io`'s, which
+        // aliases it); it owns the inner channel from now on.
         unsafe {
             let inner = (*fs).io;
             if inner.is_null() {
                 return Err(code(sys::EXT2_ET_MAGIC_IO_CHANNEL));
             }
-            let state = Box::new(Channel {
+            let fields = sys::struct_io_channel {
+                name: (*inner).name,
+                block_size: (*inner).block_size,
+                flags: (*inner).flags,
+                app_data: (*inner).app_data,
+                align: (*inner).align,
+                ..Default::default()
+            };
+            let state = Channel {
                 inner,
                 offset,
                 ranges: Arc::clone(&ranges),
-                stats: Cell::new(sys::struct_io_stats {
-                    num_fields: 2,
-                    ..Default::default()
-                }),
-            });
-            let mut outer: Box<sys::struct_io_channel> = Box::new(std::mem::zeroed());
-            outer.magic = code(sys::EXT2_ET_MAGIC_IO_CHANNEL);
-            outer.manager = ptr::addr_of!(MANAGER.0).cast_mut();
-            outer.name = (*inner).name;
-            outer.block_size = (*inner).block_size;
-            outer.refcount = 1;
-            outer.flags = (*inner).flags;
-            outer.app_data = (*inner).app_data;
-            outer.align = (*inner).align;
-            outer.private_data = Box::into_raw(state).cast();
-            let outer = Box::into_raw(outer);
+                stats: Stats::new(),
+            };
+            let outer = new_channel(state, fields);
             if (*fs).image_io == inner {
                 (*fs).image_io = outer;
             }
@@ -90,26 +87,15 @@ struct Channel {
     /// system; counting them here (every byte handed to a write call, like the overlay
     /// manager counts them) rather than asking unix_io (which counts what its block cache
     /// writes back) gives the same superblock whichever channel made the same writes.
-    stats: Cell<sys::struct_io_stats>,
+    stats: Stats,
 }
 
 impl Channel {
-    fn count(&self, read: u64, written: u64) {
-        let mut s = self.stats.get();
-        s.bytes_read = s.bytes_read.saturating_add(read);
-        s.bytes_written = s.bytes_written.saturating_add(written);
-        self.stats.set(s);
-    }
-
     /// Byte length of `count` blocks (a negative count is a byte count).
     fn block_bytes(&self, count: i64) -> u64 {
         // SAFETY: `inner` stays valid until the outer channel is closed.
         let bs = u64::try_from(unsafe { (*self.inner).block_size }).unwrap_or(0);
-        if count < 0 {
-            count.unsigned_abs()
-        } else {
-            count.unsigned_abs().saturating_mul(bs)
-        }
+        transfer_bytes(count, bs)
     }
 
     fn record(&self, start: u64, len: u64) {
@@ -125,6 +111,19 @@ impl Channel {
         self.record(block.saturating_mul(bs), self.block_bytes(count));
     }
 
+    /// Adds a successful transfer of `count` blocks (negative: bytes) to the statistics;
+    /// returns `rc`.
+    fn counted(&self, rc: Code, count: i64, write: bool) -> Code {
+        if rc == 0 {
+            let n = self.block_bytes(count);
+            match write {
+                true => self.stats.add(0, n),
+                false => self.stats.add(n, 0),
+            }
+        }
+        rc
+    }
+
     /// The inner channel's manager.
     fn manager(&self) -> &sys::struct_io_manager {
         // SAFETY: a valid channel always points at its (static) manager.
@@ -132,213 +131,97 @@ impl Channel {
     }
 }
 
-/// The manager table of the outer channel (`Sync` wrapper: it is never written after start-up).
-struct Manager(sys::struct_io_manager);
-// SAFETY: the table is immutable; its raw pointers refer to static data and functions.
-unsafe impl Sync for Manager {}
-
-static MANAGER: Manager = Manager(sys::struct_io_manager {
-    magic: sys::EXT2_ET_MAGIC_IO_MANAGER as Code,
-    name: c"imgbuild write-tracking I/O manager".as_ptr(),
-    open: Some(t_open),
-    close: Some(t_close),
-    set_blksize: Some(t_set_blksize),
-    read_blk: Some(t_read_blk),
-    write_blk: Some(t_write_blk),
-    flush: Some(t_flush),
-    write_byte: Some(t_write_byte),
-    set_option: Some(t_set_option),
-    get_stats: Some(t_get_stats),
-    read_blk64: Some(t_read_blk64),
-    write_blk64: Some(t_write_blk64),
-    discard: Some(t_discard),
-    cache_readahead: Some(t_cache_readahead),
-    zeroout: Some(t_zeroout),
-    reserved: [0; 14],
-});
-
-/// The private state of an outer channel.
-///
-/// # Safety
-/// `channel` must be an outer channel created by [`Tracker::install`] and not yet closed.
-unsafe fn state<'a>(channel: sys::io_channel) -> &'a Channel {
-    // SAFETY: guaranteed by the caller; `private_data` was set from `Box<Channel>`.
-    unsafe { &*(*channel).private_data.cast::<Channel>() }
-}
-
-/// Adds a successful transfer of `count` blocks (negative: bytes) to the channel's statistics;
-/// returns `rc`.
-fn counted(channel: sys::io_channel, rc: Code, count: i64, write: bool) -> Code {
-    if rc == 0 {
-        // SAFETY: only called from the entry points below, with the live outer channel.
-        let st = unsafe { state(channel) };
-        let n = st.block_bytes(count);
-        match write {
-            true => st.count(0, n),
-            false => st.count(n, 0),
-        }
-    }
-    rc
-}
+static MANAGER: Table = Table::of::<Channel>(c"imgbuild write-tracking I/O manager");
 
 const UNIMPLEMENTED: Code = sys::EXT2_ET_UNIMPLEMENTED as Code;
 
 /// Forwards a call to the inner channel's manager function `$f`, or reports "unimplemented".
 macro_rules! forward {
-    ($channel:expr, $f:ident $(, $arg:expr)*) => {{
-        // SAFETY: libext2fs only calls these entry points with the outer channel it was given.
-        let st = unsafe { state($channel) };
+    ($st:expr, $f:ident $(, $arg:expr)*) => {{
+        let st: &Channel = $st;
         match st.manager().$f {
-            // SAFETY: forwarding the caller's arguments unchanged to the inner channel.
+            // SAFETY: the inner channel stays valid until the outer one is closed; the
+            // arguments are the caller's, which libext2fs made valid for the outer channel.
             Some(f) => unsafe { f(st.inner $(, $arg)*) },
             None => UNIMPLEMENTED,
         }
     }};
 }
 
-unsafe extern "C" fn t_open(
-    _name: *const c_char,
-    _flags: c_int,
-    _channel: *mut sys::io_channel,
-) -> Code {
-    // The outer channel is only ever created by `Tracker::install`.
-    UNIMPLEMENTED
-}
+/// Every operation goes to the inner channel; writes are recorded first.
+impl Backend for Channel {
+    const TABLE: &'static Table = &MANAGER;
 
-unsafe extern "C" fn t_close(channel: sys::io_channel) -> Code {
-    // SAFETY: `channel` is a live outer channel (see `state`); it and its state were allocated as
-    // boxes in `install` and are freed exactly once, when the last reference is dropped.
-    unsafe {
-        (*channel).refcount -= 1;
-        if (*channel).refcount > 0 {
-            return 0;
-        }
-        let st = Box::from_raw((*channel).private_data.cast::<Channel>());
-        let rc = match st.manager().close {
-            Some(close) => close(st.inner),
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Closes the inner channel too.
+    fn close(self) -> Code {
+        match self.manager().close {
+            // SAFETY: the outer channel owns the inner one; this is its last use.
+            Some(close) => unsafe { close(self.inner) },
             None => 0,
-        };
-        drop(st);
-        drop(Box::from_raw(channel));
+        }
+    }
+
+    unsafe fn set_blksize(&self, channel: sys::io_channel, blksize: c_int) -> Code {
+        let rc = forward!(self, set_blksize, blksize);
+        // SAFETY: live outer channel (trait contract); mirror the inner block size that
+        // libext2fs may read.
+        unsafe { (*channel).block_size = (*self.inner).block_size };
         rc
     }
-}
 
-unsafe extern "C" fn t_set_blksize(channel: sys::io_channel, blksize: c_int) -> Code {
-    let rc = forward!(channel, set_blksize, blksize);
-    // SAFETY: live outer channel; mirror the inner block size that libext2fs may read.
-    unsafe { (*channel).block_size = (*state(channel).inner).block_size };
-    rc
-}
-
-unsafe extern "C" fn t_read_blk(
-    channel: sys::io_channel,
-    block: c_ulong,
-    count: c_int,
-    data: *mut c_void,
-) -> Code {
-    let rc = forward!(channel, read_blk, block, count, data);
-    counted(channel, rc, i64::from(count), false)
-}
-
-unsafe extern "C" fn t_write_blk(
-    channel: sys::io_channel,
-    block: c_ulong,
-    count: c_int,
-    data: *const c_void,
-) -> Code {
-    // SAFETY: live outer channel.
-    #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
-    unsafe { state(channel) }.record_blocks(u64::from(block), i64::from(count));
-    let rc = forward!(channel, write_blk, block, count, data);
-    counted(channel, rc, i64::from(count), true)
-}
-
-unsafe extern "C" fn t_flush(channel: sys::io_channel) -> Code {
-    forward!(channel, flush)
-}
-
-unsafe extern "C" fn t_write_byte(
-    channel: sys::io_channel,
-    offset: c_ulong,
-    count: c_int,
-    data: *const c_void,
-) -> Code {
-    // SAFETY: live outer channel.
-    #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
-    unsafe { state(channel) }.record(u64::from(offset), u64::try_from(count).unwrap_or(0));
-    let rc = forward!(channel, write_byte, offset, count, data);
-    // A byte count, like a negative block count.
-    counted(channel, rc, -i64::from(count.max(0)), true)
-}
-
-unsafe extern "C" fn t_set_option(
-    channel: sys::io_channel,
-    option: *const c_char,
-    arg: *const c_char,
-) -> Code {
-    // The offset is fixed when the channel is wrapped; moving it would misplace the records.
-    forward!(channel, set_option, option, arg)
-}
-
-unsafe extern "C" fn t_get_stats(channel: sys::io_channel, stats: *mut sys::io_stats) -> Code {
-    if !stats.is_null() {
-        // SAFETY: live outer channel; `stats` is a valid out-pointer. The pointer handed out
-        // stays valid until the channel is closed (the state is boxed).
-        unsafe { *stats = state(channel).stats.as_ptr() };
+    unsafe fn read(&self, _channel: sys::io_channel, t: Transfer<*mut c_void>) -> Code {
+        let rc = match t.block {
+            Block::Narrow(b) => forward!(self, read_blk, b, t.count, t.data),
+            Block::Wide(b) => forward!(self, read_blk64, b, t.count, t.data),
+        };
+        self.counted(rc, i64::from(t.count), false)
     }
-    0
-}
 
-unsafe extern "C" fn t_read_blk64(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_int,
-    data: *mut c_void,
-) -> Code {
-    let rc = forward!(channel, read_blk64, block, count, data);
-    counted(channel, rc, i64::from(count), false)
-}
+    unsafe fn write(&self, _channel: sys::io_channel, t: Transfer<*const c_void>) -> Code {
+        self.record_blocks(t.block.get(), i64::from(t.count));
+        let rc = match t.block {
+            Block::Narrow(b) => forward!(self, write_blk, b, t.count, t.data),
+            Block::Wide(b) => forward!(self, write_blk64, b, t.count, t.data),
+        };
+        self.counted(rc, i64::from(t.count), true)
+    }
 
-unsafe extern "C" fn t_write_blk64(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_int,
-    data: *const c_void,
-) -> Code {
-    // SAFETY: live outer channel.
-    unsafe { state(channel) }.record_blocks(block, i64::from(count));
-    let rc = forward!(channel, write_blk64, block, count, data);
-    counted(channel, rc, i64::from(count), true)
-}
+    fn flush(&self) -> Code {
+        forward!(self, flush)
+    }
 
-unsafe extern "C" fn t_discard(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_ulonglong,
-) -> Code {
-    // Discarding can punch a hole (zeroes) into the image file: it changes bytes.
-    // SAFETY: live outer channel.
-    unsafe { state(channel) }.record_blocks(block, i64::try_from(count).unwrap_or(i64::MAX));
-    forward!(channel, discard, block, count)
-}
+    unsafe fn write_byte(&self, offset: c_ulong, count: c_int, data: *const c_void) -> Code {
+        #[allow(clippy::useless_conversion)] // `c_ulong` is 32 bits on some targets
+        self.record(u64::from(offset), u64::try_from(count).unwrap_or(0));
+        let rc = forward!(self, write_byte, offset, count, data);
+        // A byte count, like a negative block count.
+        self.counted(rc, -i64::from(count.max(0)), true)
+    }
 
-unsafe extern "C" fn t_cache_readahead(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_ulonglong,
-) -> Code {
-    forward!(channel, cache_readahead, block, count)
-}
+    fn set_option(&self, option: &CStr, arg: Option<&CStr>) -> Code {
+        // The offset is fixed when the channel is wrapped; moving it would misplace the records.
+        let arg = arg.map_or(ptr::null(), CStr::as_ptr);
+        forward!(self, set_option, option.as_ptr(), arg)
+    }
 
-unsafe extern "C" fn t_zeroout(
-    channel: sys::io_channel,
-    block: c_ulonglong,
-    count: c_ulonglong,
-) -> Code {
-    let blocks = i64::try_from(count).unwrap_or(i64::MAX);
-    // SAFETY: live outer channel.
-    unsafe { state(channel) }.record_blocks(block, blocks);
-    let rc = forward!(channel, zeroout, block, count);
-    counted(channel, rc, blocks, true)
+    fn discard(&self, block: u64, count: u64) -> Code {
+        // Discarding can punch a hole (zeroes) into the image file: it changes bytes.
+        self.record_blocks(block, i64::try_from(count).unwrap_or(i64::MAX));
+        forward!(self, discard, block, count)
+    }
+
+    fn cache_readahead(&self, block: u64, count: u64) -> Code {
+        forward!(self, cache_readahead, block, count)
+    }
+
+    unsafe fn zeroout(&self, _channel: sys::io_channel, block: u64, count: u64) -> Code {
+        let blocks = i64::try_from(count).unwrap_or(i64::MAX);
+        self.record_blocks(block, blocks);
+        let rc = forward!(self, zeroout, block, count);
+        self.counted(rc, blocks, true)
+    }
 }
