@@ -165,6 +165,42 @@ unsafe extern "C" fn collect_entry(
     0
 }
 
+/// `ext2fs_open2` of the device `name` through `manager`, the file system `offset` bytes into
+/// it, read-only or read-write (64-bit aware, multi-mount protection skipped).
+///
+/// # Safety
+/// `manager` is a valid I/O manager that lives as long as the handle.
+unsafe fn open2(
+    name: &CStr,
+    offset: u64,
+    writable: bool,
+    manager: sys::io_manager,
+) -> RawResult<NonNull<sys::struct_ext2_filsys>> {
+    init_error_table();
+    let mut flags = sys::EXT2_FLAG_64BITS | sys::EXT2_FLAG_SKIP_MMP;
+    if writable {
+        flags |= sys::EXT2_FLAG_RW;
+    }
+    let options = std::ffi::CString::new(format!("offset={offset}"))
+        .map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))?;
+    let mut fs: sys::ext2_filsys = ptr::null_mut();
+    // SAFETY: both strings are NUL-terminated and outlive the call; the manager is valid
+    // (caller's contract); `fs` receives a new handle only on success.
+    let rc = unsafe {
+        sys::ext2fs_open2(
+            name.as_ptr(),
+            options.as_ptr(),
+            flags as c_int,
+            0,
+            0,
+            manager,
+            &mut fs,
+        )
+    };
+    check(rc)?;
+    NonNull::new(fs).ok_or(code(sys::EXT2_ET_MAGIC_EXT2FS_FILSYS))
+}
+
 /// An open libext2fs file system handle.
 pub(crate) struct RawFs {
     fs: NonNull<sys::struct_ext2_filsys>,
@@ -175,29 +211,8 @@ impl RawFs {
     /// Opens `image` (`offset` bytes into the file) read-only or read-write. Nothing is written
     /// by opening; a read-write handle needs [`RawFs::read_bitmaps`] before allocating.
     pub(crate) fn open(image: &CStr, offset: u64, writable: bool) -> RawResult<RawFs> {
-        init_error_table();
-        let mut flags = sys::EXT2_FLAG_64BITS | sys::EXT2_FLAG_SKIP_MMP;
-        if writable {
-            flags |= sys::EXT2_FLAG_RW;
-        }
-        let options = std::ffi::CString::new(format!("offset={offset}"))
-            .map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))?;
-        let mut fs: sys::ext2_filsys = ptr::null_mut();
-        // SAFETY: both strings are NUL-terminated and outlive the call; `unix_io_manager` is the
-        // library's own static manager; `fs` receives a new handle only on success.
-        let rc = unsafe {
-            sys::ext2fs_open2(
-                image.as_ptr(),
-                options.as_ptr(),
-                flags as c_int,
-                0,
-                0,
-                sys::unix_io_manager,
-                &mut fs,
-            )
-        };
-        check(rc)?;
-        let fs = NonNull::new(fs).ok_or(code(sys::EXT2_ET_MAGIC_EXT2FS_FILSYS))?;
+        // SAFETY: `unix_io_manager` is the library's own static manager, which opens file names.
+        let fs = unsafe { open2(image, offset, writable, sys::unix_io_manager) }?;
         Ok(RawFs { fs, tracker: None })
     }
 
@@ -209,36 +224,16 @@ impl RawFs {
         offset: u64,
         writable: bool,
     ) -> RawResult<RawFs> {
-        init_error_table();
-        let mut flags = sys::EXT2_FLAG_64BITS | sys::EXT2_FLAG_SKIP_MMP;
-        if writable {
-            flags |= sys::EXT2_FLAG_RW;
-        }
-        let options = std::ffi::CString::new(format!("offset={offset}"))
-            .map_err(|_| code(sys::EXT2_ET_INVALID_ARGUMENT))?;
         let ranges = crate::tracking::Ranges::default();
         let registration =
             crate::overlay_io::Registration::new(overlay, std::sync::Arc::clone(&ranges));
-        let mut fs: sys::ext2_filsys = ptr::null_mut();
-        // SAFETY: both strings are NUL-terminated and outlive the call; the manager is this
-        // crate's static table, whose `open` takes the overlay registered under that name;
-        // `fs` receives a new handle only on success.
-        let rc = unsafe {
-            sys::ext2fs_open2(
-                registration.name().as_ptr(),
-                options.as_ptr(),
-                flags as c_int,
-                0,
-                0,
-                crate::overlay_io::manager(),
-                &mut fs,
-            )
-        };
+        let manager = crate::overlay_io::manager();
+        // SAFETY: the manager is this crate's static table, whose `open` takes the overlay
+        // registered under that name.
+        let fs = unsafe { open2(registration.name(), offset, writable, manager) };
         drop(registration);
-        check(rc)?;
-        let fs = NonNull::new(fs).ok_or(code(sys::EXT2_ET_MAGIC_EXT2FS_FILSYS))?;
         Ok(RawFs {
-            fs,
+            fs: fs?,
             tracker: Some(Tracker::shared(ranges)),
         })
     }
