@@ -242,6 +242,27 @@ impl Ctx<'_> {
     }
 }
 
+/// A directory entry to link: `name` in the directory `dir`, naming the inode `ino` of kind
+/// `kind`.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    dir: u32,
+    name: &'a [u8],
+    ino: u32,
+    kind: FileKind,
+}
+
+impl<'a> Link<'a> {
+    fn new(dir: u32, name: &'a [u8], ino: u32, kind: FileKind) -> Self {
+        Link {
+            dir,
+            name,
+            ino,
+            kind,
+        }
+    }
+}
+
 /// An open ext2/3/4 file system inside an image file (optionally at a byte offset, e.g. a
 /// partition inside a disk image). Writes go straight to the image file; [`Fs::close`] (or
 /// dropping the value) flushes bitmaps, group descriptors and the superblock.
@@ -586,7 +607,7 @@ impl Fs {
         self.raw
             .symlink_unlinked(dir, ino, &c_target)
             .map_err(|rc| self.code_err(ctx, rc, self.block_size()))?;
-        self.finish_create(ctx, dir, name, ino, FileKind::Symlink, meta)
+        self.finish_create(ctx, Link::new(dir, name, ino, FileKind::Symlink), meta)
     }
 
     /// Changes permission bits, owner and mtime of the inode at `path` (a final symlink is not
@@ -713,23 +734,15 @@ impl Fs {
             .map_err(|rc| self.code_err(ctx, rc, self.block_size()))
     }
 
-    /// Sets `meta` and the creation times on the new inode `ino`, then links it as `name` into
-    /// `dir`; on failure the inode is released again.
-    fn finish_create(
-        &mut self,
-        ctx: Ctx,
-        dir: u32,
-        name: &[u8],
-        ino: u32,
-        kind: FileKind,
-        meta: &Meta,
-    ) -> Result<(), Error> {
+    /// Sets `meta` and the creation times on the new inode `link.ino`, then links it (see
+    /// [`Fs::add_entry`]); on failure the inode is released again.
+    fn finish_create(&mut self, ctx: Ctx, link: Link, meta: &Meta) -> Result<(), Error> {
         let result = self
-            .stamp_new(ctx, ino, meta)
-            .and_then(|()| self.add_entry(ctx, dir, name, ino, kind));
+            .stamp_new(ctx, link.ino, meta)
+            .and_then(|()| self.add_entry(ctx, link));
         if result.is_err() {
             // Best effort: the error being reported matters more than a failed cleanup.
-            let _ = self.release_inode(ctx, ino, kind == FileKind::Directory);
+            let _ = self.release_inode(ctx, link.ino, link.kind == FileKind::Directory);
         }
         result
     }
@@ -767,7 +780,7 @@ impl Fs {
             let _ = self.release_inode(ctx, ino, false);
             return Err(self.code_err(ctx, rc, needed));
         }
-        self.finish_create(ctx, dir, name, ino, FileKind::Regular, meta)
+        self.finish_create(ctx, Link::new(dir, name, ino, FileKind::Regular), meta)
     }
 
     fn create_dir(
@@ -794,7 +807,8 @@ impl Fs {
             .mkdir_unlinked(parent, ino)
             .map_err(|rc| self.code_err(ctx, rc, 2 * self.block_size()))?;
         self.set_parent_links(ctx, parent, if overflow { 1 } else { parent_links + 1 })?;
-        if let Err(e) = self.finish_create(ctx, parent, name, ino, FileKind::Directory, meta) {
+        let link = Link::new(parent, name, ino, FileKind::Directory);
+        if let Err(e) = self.finish_create(ctx, link, meta) {
             let _ = self.set_parent_links(ctx, parent, parent_links);
             return Err(e);
         }
@@ -877,14 +891,13 @@ impl Fs {
 
     /// Links `name -> ino` into `dir`, growing the directory by a block when it is full, and
     /// updates the directory's mtime/ctime.
-    fn add_entry(
-        &mut self,
-        ctx: Ctx,
-        dir: u32,
-        name: &[u8],
-        ino: u32,
-        kind: FileKind,
-    ) -> Result<(), Error> {
+    fn add_entry(&mut self, ctx: Ctx, link: Link) -> Result<(), Error> {
+        let Link {
+            dir,
+            name,
+            ino,
+            kind,
+        } = link;
         let c_name = CString::new(name).map_err(|_| ctx.invalid("NUL in name".to_owned()))?;
         let mut expanded = false;
         loop {
