@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use imgbuild_core::bootconfig::{cmdline_append, config_txt_set};
 use imgbuild_core::fs::fat::FatFs;
 use imgbuild_core::fs::ByteRanges;
+use imgbuild_testkit::noise;
 use sha2::{Digest, Sha256};
 
 /// 2024-02-29 13:14:15 UTC, the time stamp every test writes with.
@@ -64,19 +65,6 @@ struct Fixture {
     offset: u64,
     len: u64,
     files: BTreeMap<String, Vec<u8>>,
-}
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn run(cmd: &mut Command) -> Output {

@@ -10,7 +10,8 @@ use imgbuild_core::fs::ext4::Ext4;
 use imgbuild_core::fs::fat::FatFs;
 use imgbuild_core::fs::{ByteRanges, FileSystem, Kind};
 use imgbuild_testkit::{
-    debugfs_cat, debugfs_ls, debugfs_stat, e2fsck_clean, fsck_vfat_clean, mdir_names, mtype, run_ok,
+    debugfs_cat, debugfs_ls, debugfs_stat, e2fsck_clean, fsck_vfat_clean, mdir_names, mtype, noise,
+    run_ok,
 };
 
 /// 2024-02-29 13:14:15 UTC.
@@ -19,19 +20,6 @@ const MIB: u64 = 1 << 20;
 /// Where the partition starts in the image.
 const OFFSET: u64 = MIB;
 const FS_LEN: u64 = 32 * MIB;
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// An image of noise with the file system made by `mkfs` (given the path of a file to format)
 /// at [`OFFSET`], and noise behind it.

@@ -12,11 +12,13 @@
 mod compress;
 mod fixture;
 pub mod moto;
+mod noise;
 mod oracle;
 mod tree;
 
 pub use compress::{compress, write_zip, Compression};
 pub use fixture::{build_fixture, Fixture, FixtureOptions, Layout, PartInfo};
+pub use noise::{noise, xorshift_bytes};
 pub use oracle::{
     blkid, debugfs_cat, debugfs_ls, debugfs_readlink, debugfs_stat, e2fsck_clean, fsck_vfat_clean,
     mdir_names, mtype, random_bytes_file, run, run_ok, sfdisk_dump, sfdisk_json, sgdisk_verify,

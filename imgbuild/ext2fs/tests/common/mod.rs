@@ -54,15 +54,7 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// Pseudo-random bytes (xorshift) so file contents are not trivially compressible/aligned.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    imgbuild_testkit::xorshift_bytes(seed, len)
 }
 
 pub fn mkfs(spec: &Spec) -> Img {

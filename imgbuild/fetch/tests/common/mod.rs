@@ -156,15 +156,7 @@ pub fn corrupt(data: &[u8]) -> Vec<u8> {
 
 /// `len` bytes of deterministic, incompressible-looking data (xorshift) seeded by `seed`.
 pub fn fixture(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    imgbuild_testkit::xorshift_bytes(seed, len)
 }
 
 /// The sha256 of `data` according to coreutils' `sha256sum` (an oracle independent of the crate).
