@@ -235,27 +235,9 @@ fn offset_image_keeps_bytes_outside_the_fs() {
 
 #[test]
 fn hashed_directory_takes_500_more_entries() {
-    let t = tree();
-    for i in 0..3000 {
-        write_tree_file(t.path(), &format!("big/existing-file-{i:05}"), b"");
-    }
-    let img = mkfs(&Spec {
-        block_size: Some(1024),
-        tree: Some(t.path()),
-        ..Spec::default()
-    });
-    img.fsck_optimize_dirs();
-    assert_ne!(
-        img.stat("/big").unwrap().flags & 0x1000,
-        0,
-        "e2fsck -D should index /big"
-    );
+    let img = hashed_dir_image();
     let mut fs = img.open(true);
-    for i in 0..500 {
-        let name = format!("/big/new-entry-with-a-longer-name-{i:04}");
-        fs.write_file(&name, name.as_bytes(), &meta(0o644, 0, 0, T0))
-            .unwrap();
-    }
+    add_new_entries(&mut fs, T0);
     fs.mkdir_p("/big/zz-new-dir", &meta(0o755, 0, 0, T0))
         .unwrap();
     fs.close().unwrap();
@@ -265,18 +247,12 @@ fn hashed_directory_takes_500_more_entries() {
     let names = fs.read_dir("/big").unwrap();
     assert_eq!(names.len(), 3501);
     for i in (0..500).step_by(7) {
-        let name = format!("/big/new-entry-with-a-longer-name-{i:04}");
+        let name = new_entry(i);
         assert_eq!(fs.read_file(&name).unwrap(), name.as_bytes());
     }
     assert!(fs.stat("/big/existing-file-02999").unwrap().is_some());
     let (listing, _) = img.debugfs("ls /big", false);
-    let listing = String::from_utf8_lossy(&listing);
-    for i in 0..500 {
-        assert!(
-            listing.contains(&format!("new-entry-with-a-longer-name-{i:04}")),
-            "debugfs misses entry {i}"
-        );
-    }
+    assert_lists_new_entries(&listing);
     assert_eq!(
         img.cat("/big/new-entry-with-a-longer-name-0499"),
         b"/big/new-entry-with-a-longer-name-0499"

@@ -153,24 +153,11 @@ fn overlay_edits_4k_blocks() {
 
 #[test]
 fn hashed_directory_grows_through_the_overlay() {
-    let t = tree();
-    for i in 0..3000 {
-        write_tree_file(t.path(), &format!("big/existing-file-{i:05}"), b"");
-    }
-    let img = mkfs(&Spec {
-        block_size: Some(1024),
-        tree: Some(t.path()),
-        ..Spec::default()
-    });
-    img.fsck_optimize_dirs();
+    let img = hashed_dir_image();
     let before = img.bytes();
     let ov = Arc::new(Overlay::create(&img.path, &img.dir.path().join("ov")).unwrap());
     let mut fs = Fs::open_overlay(&ov, 0, true).unwrap();
-    for i in 0..500 {
-        let name = format!("/big/new-entry-with-a-longer-name-{i:04}");
-        fs.write_file(&name, name.as_bytes(), &meta(0o644, 0, 0, T0))
-            .unwrap();
-    }
+    add_new_entries(&mut fs, T0);
     fs.close().unwrap();
     assert_eq!(img.bytes(), before, "the base must not change");
     let out = img.dir.path().join("out.img");
@@ -182,13 +169,7 @@ fn hashed_directory_grows_through_the_overlay() {
         .output()
         .unwrap()
         .stdout;
-    let listing = String::from_utf8_lossy(&listing);
-    for i in 0..500 {
-        assert!(
-            listing.contains(&format!("new-entry-with-a-longer-name-{i:04}")),
-            "debugfs misses entry {i}"
-        );
-    }
+    assert_lists_new_entries(&listing);
     let fs = Fs::open_overlay(&ov, 0, false).unwrap();
     assert_eq!(fs.read_dir("/big").unwrap().len(), 3500);
 }

@@ -230,3 +230,49 @@ pub fn write_tree_file(root: &Path, rel: &str, data: &[u8]) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(p, data).unwrap();
 }
+
+/// A 1 KiB-block file system whose `/big` holds 3000 empty files, indexed (hashed) by
+/// `e2fsck -D`.
+pub fn hashed_dir_image() -> Img {
+    let t = tree();
+    for i in 0..3000 {
+        write_tree_file(t.path(), &format!("big/existing-file-{i:05}"), b"");
+    }
+    let img = mkfs(&Spec {
+        block_size: Some(1024),
+        tree: Some(t.path()),
+        ..Spec::default()
+    });
+    img.fsck_optimize_dirs();
+    assert_ne!(
+        img.stat("/big").unwrap().flags & 0x1000,
+        0,
+        "e2fsck -D should index /big"
+    );
+    img
+}
+
+/// The path of the `i`th entry [`add_new_entries`] adds to `/big`.
+pub fn new_entry(i: usize) -> String {
+    format!("/big/new-entry-with-a-longer-name-{i:04}")
+}
+
+/// Adds the 500 files [`new_entry`] names to `/big`, each holding its own path.
+pub fn add_new_entries(fs: &mut Fs, mtime: i64) {
+    for i in 0..500 {
+        let name = new_entry(i);
+        fs.write_file(&name, name.as_bytes(), &meta(0o644, 0, 0, mtime))
+            .unwrap();
+    }
+}
+
+/// Asserts that a `debugfs -R 'ls /big'` listing names every entry [`add_new_entries`] added.
+pub fn assert_lists_new_entries(listing: &[u8]) {
+    let listing = String::from_utf8_lossy(listing);
+    for i in 0..500 {
+        assert!(
+            listing.contains(&new_entry(i)["/big/".len()..]),
+            "debugfs misses entry {i}"
+        );
+    }
+}
