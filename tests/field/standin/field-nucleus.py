@@ -211,6 +211,17 @@ def wait(future, message):
         raise RuntimeError(str(e)) from e
 
 
+def subscribe_outcomes(identity, request, topic, logged, sub, qos, result, on_accepted):
+    """Subscribes to the accepted and the rejected topic of the iotidentity `request`, in that order,
+    as the plugin does: `on_accepted` gets the accepted response, a rejection fails `result`."""
+    for outcome, callback in (("accepted", on_accepted),
+                              ("rejected", lambda err: result.set_exception(RuntimeError(err.error_message)))):
+        fut, _ = getattr(identity, f"subscribe_to_{request}_{outcome}")(sub, qos, callback)
+        wait(fut, f"Failed to subscribe to {topic} {outcome} topic")
+        log("INFO", "pool-2-thread-1", "com.aws.greengrass.IotIdentityHelper",
+            f"Subscribed to {logged}{outcome.capitalize()}")
+
+
 def run_plugin(p):
     """FleetProvisioningByClaimPlugin.updateIdentityConfiguration; returns (thingName, cert, key)."""
     from awscrt import mqtt
@@ -245,13 +256,8 @@ def run_plugin(p):
 
     created = __import__("concurrent.futures").futures.Future()
     sub = iotidentity.CreateKeysAndCertificateSubscriptionRequest()
-    fut, _ = identity.subscribe_to_create_keys_and_certificate_accepted(sub, qos, created.set_result)
-    wait(fut, "Failed to subscribe to create keys and certificate accepted topic")
-    log("INFO", "pool-2-thread-1", "com.aws.greengrass.IotIdentityHelper", "Subscribed to CreateKeysAndCertificateAccepted")
-    fut, _ = identity.subscribe_to_create_keys_and_certificate_rejected(
-        sub, qos, lambda err: created.set_exception(RuntimeError(err.error_message)))
-    wait(fut, "Failed to subscribe to create keys and certificate rejected topic")
-    log("INFO", "pool-2-thread-1", "com.aws.greengrass.IotIdentityHelper", "Subscribed to CreateKeysAndCertificateRejected")
+    subscribe_outcomes(identity, "create_keys_and_certificate", "create keys and certificate",
+                       "CreateKeysAndCertificate", sub, qos, created, created.set_result)
     wait(identity.publish_create_keys_and_certificate(iotidentity.CreateKeysAndCertificateRequest(), qos),
          "Failed to publish to create keys and certificate topic")
     log("INFO", "pool-2-thread-1", "com.aws.greengrass.IotIdentityHelper", "Published to CreateKeysAndCertificate")
@@ -271,13 +277,8 @@ def run_plugin(p):
         log("INFO", "Thread-1", "com.aws.greengrass.IotIdentityHelper",
             f"Received register thing response for thing name {r.thing_name}")
         registered.set_result(r)
-    fut, _ = identity.subscribe_to_register_thing_accepted(sub, qos, accepted)
-    wait(fut, "Failed to subscribe to register thing accepted topic")
-    log("INFO", "pool-2-thread-1", "com.aws.greengrass.IotIdentityHelper", "Subscribed to SubscribeToRegisterThingAccepted")
-    fut, _ = identity.subscribe_to_register_thing_rejected(
-        sub, qos, lambda err: registered.set_exception(RuntimeError(err.error_message)))
-    wait(fut, "Failed to subscribe to register thing rejected topic")
-    log("INFO", "pool-2-thread-1", "com.aws.greengrass.IotIdentityHelper", "Subscribed to SubscribeToRegisterThingRejected")
+    subscribe_outcomes(identity, "register_thing", "register thing", "SubscribeToRegisterThing",
+                       sub, qos, registered, accepted)
     parameters = {k: str(v) for k, v in (p.get("templateParameters") or {}).items()}
     wait(identity.publish_register_thing(iotidentity.RegisterThingRequest(
         template_name=template, certificate_ownership_token=response.certificate_ownership_token,
