@@ -7,6 +7,26 @@ setup() {
     setup_scratch
 }
 
+# fail_after_three_tries STEP CALL SECONDS VAR=VALUE...: a run with the given fault fails in STEP
+# after making the call matching the whole-line regex CALL three times, with `sleep SECONDS` twice.
+fail_after_three_tries() {
+    local step=$1 call=$2 seconds=$3
+    shift 3
+    run_firstboot "$@"
+    assert_failed_at "$step"
+    [[ $(grep -cx "$call" "$STUB_LOG") -eq 3 ]]
+    [[ $(grep -cx "sleep $seconds" "$STUB_LOG") -eq 2 ]]
+}
+
+# resumes_at STEP: the next run, without the fault, makes exactly the happy path's calls from
+# STEP on and provisions the device.
+resumes_at() {
+    run_firstboot
+    [[ $status -eq 0 ]]
+    assert_calls "$(expected_calls_from "$1")"
+    assert_provisioned
+}
+
 @test "happy path: every step's calls in order, claim material deleted, done marker, unit disabled" {
     run_firstboot
     [[ $status -eq 0 ]]
@@ -52,22 +72,13 @@ setup() {
     [[ $output == *"no serial number found"*"imgbuild.serial="* ]]
     [[ ! -s $STUB_LOG ]]
     printf '%s\0' "$DT_SERIAL" >"$R/sys/firmware/devicetree/base/serial-number"
-    run_firstboot
-    [[ $status -eq 0 ]]
-    assert_calls "$(expected_calls_from serial)"
-    assert_provisioned
+    resumes_at serial
 }
 
 @test "failure in packages: apt-get retried APT_RETRIES times, later run resumes at packages" {
-    run_firstboot STUB_FAIL=apt-get
-    assert_failed_at packages
-    [[ $(grep -c '^apt-get .* update$' "$STUB_LOG") -eq 3 ]]
-    [[ $(grep -cx 'sleep 15' "$STUB_LOG") -eq 2 ]]
+    fail_after_three_tries packages 'apt-get .* update' 15 STUB_FAIL=apt-get
     [[ $(grep -c '^apt-get .* install' "$STUB_LOG") -eq 0 ]]
-    run_firstboot
-    [[ $status -eq 0 ]]
-    assert_calls "$(expected_calls_from packages)"
-    assert_provisioned
+    resumes_at packages
 }
 
 @test "failure in users: later run resumes at users" {
@@ -86,10 +97,7 @@ setup() {
     assert_failed_at config
     [[ $output == *"has no @SERIAL_NUMBER@ placeholder"* ]]
     sed -i 's/"FIXED"/"@SERIAL_NUMBER@"/' "$R$CONTRACT_CONFIG_TEMPLATE"
-    run_firstboot
-    [[ $status -eq 0 ]]
-    assert_calls "$(expected_calls_from config)"
-    assert_provisioned
+    resumes_at config
 }
 
 @test "failure in install (installer exits 1): later run resumes at install" {
@@ -98,15 +106,10 @@ setup() {
 
 @test "failure in service (greengrass.service never active): bounded wait, later run resumes at service" {
     set_setting GG_ACTIVE_TIMEOUT_SECONDS 10
-    run_firstboot STUB_FAIL='systemctl is-active' STUB_NUCLEUS=never
-    assert_failed_at service
-    [[ $(grep -cx 'systemctl is-active --quiet greengrass.service' "$STUB_LOG") -eq 3 ]]
-    [[ $(grep -cx 'sleep 5' "$STUB_LOG") -eq 2 ]]
+    fail_after_three_tries service 'systemctl is-active --quiet greengrass.service' 5 \
+        STUB_FAIL='systemctl is-active' STUB_NUCLEUS=never
     [[ $output == *"greengrass.service is not active after 10s"* ]]
-    run_firstboot
-    [[ $status -eq 0 ]]
-    assert_calls "$(expected_calls_from service)"
-    assert_provisioned
+    resumes_at service
 }
 
 @test "provision: the installer's exit is not proof; first boot polls until the nucleus records the thing" {
