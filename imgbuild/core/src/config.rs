@@ -9,53 +9,42 @@ use std::path::{Path, PathBuf};
 
 /// A parsed and validated `imgbuild.toml`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Board name (`--board` on the command line must agree when both are given).
-    #[serde(default)]
     pub board: Option<String>,
     /// Host name of the device.
-    #[serde(default)]
     pub hostname: Option<String>,
     /// The login user.
-    #[serde(default)]
     pub user: Option<UserConfig>,
     /// Kernel command line and firmware config edits.
-    #[serde(default)]
     pub boot: BootConfig,
     /// Directory trees copied into `/` of the image, in order (relative to the config file).
-    #[serde(default)]
     pub overlays: Vec<PathBuf>,
     /// Directory holding the `[[template]]` sources (default `templates`, relative to the config).
-    #[serde(default)]
     pub templates_dir: Option<PathBuf>,
     /// Single files to write.
-    #[serde(default, rename = "file")]
+    #[serde(rename = "file")]
     pub files: Vec<FileEntry>,
     /// Tera templates rendered into the image with the whole config as context.
-    #[serde(default, rename = "template")]
+    #[serde(rename = "template")]
     pub templates: Vec<TemplateEntry>,
     /// systemd units to enable.
-    #[serde(default)]
     pub systemd: SystemdConfig,
     /// The Greengrass fleet-provisioning payload (see the provisioning docs in README).
-    #[serde(default)]
     pub greengrass: Option<imgbuild_greengrass::GreengrassConfig>,
     /// `[image]`: grow the image (and its root partition and file system) at build time.
-    #[serde(default)]
     pub image: Option<ImageConfig>,
 }
 
 /// `[image]`: how big the built image is. Exactly one key; sizes are strings with a unit
 /// (`"4GiB"`, `"512MiB"`) or a plain number of bytes.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ImageConfig {
     /// Absolute size of the whole image; must not be smaller than the base image.
-    #[serde(default)]
     pub size: Option<String>,
     /// Extra bytes for the root partition (`"+1GiB"`).
-    #[serde(default)]
     pub grow_root: Option<String>,
 }
 
@@ -157,13 +146,11 @@ pub struct UserConfig {
 
 /// `[boot]`: edits of the boot partition's text files.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BootConfig {
     /// Tokens appended (idempotently) to the kernel command line.
-    #[serde(default)]
     pub cmdline_append: Vec<String>,
     /// `key=value` settings for the firmware config file (`config.txt`).
-    #[serde(default)]
     pub config: BTreeMap<String, String>,
 }
 
@@ -205,10 +192,9 @@ pub struct TemplateEntry {
 
 /// `[systemd]`: units to enable.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SystemdConfig {
     /// Unit names; each is enabled through its `[Install]` section.
-    #[serde(default)]
     pub enable: Vec<String>,
 }
 
