@@ -74,103 +74,42 @@ fn under_gg_root(path: &str) -> &str {
         .unwrap_or(path)
 }
 
+/// `vec![(name, value.to_owned(), doc), ...]` from rows `name = value, doc;`: one row per contract
+/// value, so the table reads like the `contract.sh` it becomes.
+macro_rules! contract_table {
+    ($($name:literal = $value:expr, $doc:literal;)*) => {
+        vec![$(($name, String::from($value), $doc)),*]
+    };
+}
+
 /// `(shell variable, value, meaning)` of every contract value `firstboot/lib/contract.sh` defines.
 /// Paths are absolute device paths; the scripts prefix them with `$R` (their test root).
 pub fn contract_values() -> Vec<(&'static str, String, &'static str)> {
-    let v = |name, value: &str, doc| (name, value.to_owned(), doc);
-    vec![
-        v(
-            "CONTRACT_FIRSTBOOT_DIR",
-            FIRSTBOOT_DIR,
-            "the first-boot scripts",
-        ),
-        v(
-            "CONTRACT_FIRSTBOOT_SCRIPT",
-            FIRSTBOOT_SCRIPT,
-            "the unit's ExecStart",
-        ),
-        v("CONTRACT_UNIT_NAME", FIRSTBOOT_UNIT, "the first-boot unit"),
-        v("CONTRACT_UNIT_PATH", FIRSTBOOT_UNIT_PATH, "its unit file"),
-        v(
-            "CONTRACT_UNIT_LINK",
-            FIRSTBOOT_UNIT_LINK,
-            "the link that enables it",
-        ),
-        v(
-            "CONTRACT_ENV_FILE",
-            FIRSTBOOT_ENV_PATH,
-            "the settings (KEY=VALUE)",
-        ),
-        v(
-            "CONTRACT_CONFIG_TEMPLATE",
-            PLUGIN_CONFIG_TEMPLATE_PATH,
-            "the installer config with the serial placeholder",
-        ),
-        v(
-            "CONTRACT_SERIAL_PLACEHOLDER",
-            SERIAL_PLACEHOLDER,
-            "replaced by the serial number",
-        ),
-        v("CONTRACT_STATE_DIR", STATE_DIR, "step markers <step>.done"),
-        v("CONTRACT_WORK_DIR", WORK_DIR, "downloads, rendered config"),
-        v(
-            "CONTRACT_SERIAL_FILE",
-            SERIAL_FILE,
-            "the serial number found",
-        ),
-        v(
-            "CONTRACT_DONE_MARKER",
-            DONE_MARKER,
-            "provisioned: never run again",
-        ),
-        v("CONTRACT_PRESEED_DIR", PRESEED_DIR, "pre-seeded downloads"),
-        v(
-            "CONTRACT_PRESEED_DEBS_DIR",
-            PRESEED_DEBS_DIR,
-            "pre-seeded .debs",
-        ),
-        v(
-            "CONTRACT_PRESEED_NUCLEUS_NAME",
-            PRESEED_NUCLEUS_NAME,
-            "pre-seeded nucleus zip (@VERSION@ = NUCLEUS_VERSION)",
-        ),
-        v(
-            "CONTRACT_PRESEED_PLUGIN_NAME",
-            PRESEED_PLUGIN_NAME,
-            "pre-seeded plugin jar (@VERSION@ = PLUGIN_VERSION)",
-        ),
-        v(
-            "CONTRACT_VERSION_PLACEHOLDER",
-            VERSION_PLACEHOLDER,
-            "see above",
-        ),
-        v("CONTRACT_GG_ROOT", GG_ROOT, "default GG_ROOT"),
-        v(
-            "CONTRACT_CLAIM_CERT_NAME",
-            under_gg_root(CLAIM_CERT_PATH),
-            "claim certificate, under GG_ROOT",
-        ),
-        v(
-            "CONTRACT_CLAIM_KEY_NAME",
-            under_gg_root(CLAIM_KEY_PATH),
-            "claim key, under GG_ROOT",
-        ),
-        v(
-            "CONTRACT_ROOT_CA_NAME",
-            under_gg_root(ROOT_CA_PATH),
-            "default root CA, under GG_ROOT",
-        ),
-        v(
-            "CONTRACT_CUSTOM_ROOT_CA_NAME",
-            under_gg_root(CUSTOM_ROOT_CA_PATH),
-            "[greengrass] root_ca, under GG_ROOT",
-        ),
-        v(
-            "CONTRACT_RELEASES_URL",
-            RELEASES_URL,
-            "default download base",
-        ),
-    ]
+    contract_table! {
+        "CONTRACT_FIRSTBOOT_DIR" = FIRSTBOOT_DIR, "the first-boot scripts";
+        "CONTRACT_FIRSTBOOT_SCRIPT" = FIRSTBOOT_SCRIPT, "the unit's ExecStart";
+        "CONTRACT_UNIT_NAME" = FIRSTBOOT_UNIT, "the first-boot unit";
+        "CONTRACT_UNIT_PATH" = FIRSTBOOT_UNIT_PATH, "its unit file";
+        "CONTRACT_UNIT_LINK" = FIRSTBOOT_UNIT_LINK, "the link that enables it";
+        "CONTRACT_ENV_FILE" = FIRSTBOOT_ENV_PATH, "the settings (KEY=VALUE)";
+        "CONTRACT_CONFIG_TEMPLATE" = PLUGIN_CONFIG_TEMPLATE_PATH, "the installer config with the serial placeholder";
+        "CONTRACT_SERIAL_PLACEHOLDER" = SERIAL_PLACEHOLDER, "replaced by the serial number";
+        "CONTRACT_STATE_DIR" = STATE_DIR, "step markers <step>.done";
+        "CONTRACT_WORK_DIR" = WORK_DIR, "downloads, rendered config";
+        "CONTRACT_SERIAL_FILE" = SERIAL_FILE, "the serial number found";
+        "CONTRACT_DONE_MARKER" = DONE_MARKER, "provisioned: never run again";
+        "CONTRACT_PRESEED_DIR" = PRESEED_DIR, "pre-seeded downloads";
+        "CONTRACT_PRESEED_DEBS_DIR" = PRESEED_DEBS_DIR, "pre-seeded .debs";
+        "CONTRACT_PRESEED_NUCLEUS_NAME" = PRESEED_NUCLEUS_NAME, "pre-seeded nucleus zip (@VERSION@ = NUCLEUS_VERSION)";
+        "CONTRACT_PRESEED_PLUGIN_NAME" = PRESEED_PLUGIN_NAME, "pre-seeded plugin jar (@VERSION@ = PLUGIN_VERSION)";
+        "CONTRACT_VERSION_PLACEHOLDER" = VERSION_PLACEHOLDER, "see above";
+        "CONTRACT_GG_ROOT" = GG_ROOT, "default GG_ROOT";
+        "CONTRACT_CLAIM_CERT_NAME" = under_gg_root(CLAIM_CERT_PATH), "claim certificate, under GG_ROOT";
+        "CONTRACT_CLAIM_KEY_NAME" = under_gg_root(CLAIM_KEY_PATH), "claim key, under GG_ROOT";
+        "CONTRACT_ROOT_CA_NAME" = under_gg_root(ROOT_CA_PATH), "default root CA, under GG_ROOT";
+        "CONTRACT_CUSTOM_ROOT_CA_NAME" = under_gg_root(CUSTOM_ROOT_CA_PATH), "[greengrass] root_ca, under GG_ROOT";
+        "CONTRACT_RELEASES_URL" = RELEASES_URL, "default download base";
+    }
 }
 
 /// The text of `firstboot/lib/contract.sh`: one `CONTRACT_NAME=value` line per
