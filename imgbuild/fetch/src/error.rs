@@ -134,6 +134,15 @@ impl FetchError {
     }
 }
 
+/// The message for a download of `url` whose `algorithm` digest is `actual`, not the pinned
+/// `expected` (the partial file is already deleted).
+fn digest_mismatch(algorithm: &str, url: &str, expected: &str, actual: &str) -> String {
+    format!(
+        "{algorithm} mismatch for {url}: expected {expected}, got {actual}; \
+         the download was deleted: check the pinned hash or the mirror"
+    )
+}
+
 /// Folds all whitespace runs (including newlines) into single spaces, so messages stay on one line.
 pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -188,10 +197,7 @@ impl fmt::Display for FetchError {
                 url,
                 expected,
                 actual,
-            } => format!(
-                "sha256 mismatch for {url}: expected {expected}, got {actual}; \
-                 the download was deleted: check the pinned hash or the mirror"
-            ),
+            } => digest_mismatch("sha256", url, expected, actual),
             FetchError::BadSha512 { value } => format!(
                 "{value:?} is not a sha512: expected 128 hexadecimal digits (as in SHA512SUMS)"
             ),
@@ -199,10 +205,7 @@ impl fmt::Display for FetchError {
                 url,
                 expected,
                 actual,
-            } => format!(
-                "sha512 mismatch for {url}: expected {expected}, got {actual}; \
-                 the download was deleted: check the pinned hash or the mirror"
-            ),
+            } => digest_mismatch("sha512", url, expected, actual),
             FetchError::SigningKey { detail } => format!("signing key: {detail}"),
             FetchError::Signature { what, detail } => {
                 format!("OpenPGP signature check of {what} failed: {detail}")

@@ -241,20 +241,28 @@ fn fetch_pinned(
         None => Some(cache.lock(&actual.sha256)?),
     };
     let signer = wanted.as_ref().map(|(_, key)| key.fingerprint());
-    let path = cache.store_blob(
-        &actual.sha256,
-        &part,
-        &source.url,
-        signer.as_deref(),
-        &actual.sha512,
-    )?;
+    store_download(cache, &part, source, signer.as_deref(), actual, true)
+}
+
+/// Stores the finished download of `source` at `part` as the cache blob of its digests `actual`
+/// (recording its URL and `signer`) and describes it: fresh from the network, its hash checked
+/// against a pin when `hash_verified`, its signature verified when there is a `signer`.
+fn store_download(
+    cache: &Cache,
+    part: &std::path::Path,
+    source: &Source,
+    signer: Option<&str>,
+    actual: download::Digests,
+    hash_verified: bool,
+) -> Result<Fetched, FetchError> {
+    let path = cache.store_blob(&actual.sha256, part, &source.url, signer, &actual.sha512)?;
     Ok(Fetched {
         path,
         sha256: actual.sha256,
         sha512: Some(actual.sha512),
-        file_name,
+        file_name: file_name(&source.url),
         from_cache: false,
-        hash_verified: true,
+        hash_verified,
         signature_verified: signer.is_some(),
     })
 }
@@ -358,16 +366,7 @@ fn fetch_unpinned(source: &Source, cache: &Cache, opts: &Options) -> Result<Fetc
     let file_name = file_name(&source.url);
     let actual = http.download(&source.url, &part, false, &file_name)?;
     let _blob_lock = cache.lock(&actual.sha256)?;
-    let path = cache.store_blob(&actual.sha256, &part, &source.url, None, &actual.sha512)?;
-    Ok(Fetched {
-        path,
-        sha256: actual.sha256,
-        sha512: Some(actual.sha512),
-        file_name,
-        from_cache: false,
-        hash_verified: false,
-        signature_verified: false,
-    })
+    store_download(cache, &part, source, None, actual, false)
 }
 
 /// The last non-empty segment of the URL's path, or `download`.
