@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use imgbuild_pack::write_bmap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const K: u64 = 1024;
 
@@ -27,6 +27,25 @@ fn sparse_image(path: &Path) -> u64 {
         ],
     );
     len
+}
+
+/// In `dir`: `disk.img`, a [`sparse_image`], and its bmap `disk.bmap` (4 KiB blocks).
+fn sparse_image_and_bmap(dir: &Path) -> (PathBuf, PathBuf) {
+    let raw = dir.join("disk.img");
+    sparse_image(&raw);
+    let bmap = dir.join("disk.bmap");
+    write_bmap(&raw, &bmap, 4096).expect("write_bmap");
+    (raw, bmap)
+}
+
+/// Whether `bmaptool copy --bmap BMAP IMAGE TARGET` succeeds (its complaints on stderr dropped).
+fn bmaptool_copy_succeeds(bmap: &Path, image: &Path, target: &Path) -> bool {
+    std::process::Command::new("bmaptool")
+        .args(["copy", "--bmap", s(bmap), s(image), s(target)])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run bmaptool")
+        .success()
 }
 
 #[test]
@@ -54,10 +73,7 @@ fn bmap_is_byte_identical_to_bmaptool_create_and_maps_only_data() {
 #[test]
 fn bmaptool_copy_of_our_xz_with_our_bmap_reproduces_the_image() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let raw = dir.path().join("disk.img");
-    sparse_image(&raw);
-    let bmap = dir.path().join("disk.bmap");
-    write_bmap(&raw, &bmap, 4096).expect("write_bmap");
+    let (raw, bmap) = sparse_image_and_bmap(dir.path());
     let (xz, _) = compress(&raw, &opts(1 << 20), None, None);
     let xz_file = write_to(dir.path(), "disk.img.xz", &xz);
     let target = dir.path().join("target.img");
@@ -76,19 +92,11 @@ fn bmaptool_copy_of_our_xz_with_our_bmap_reproduces_the_image() {
 #[test]
 fn bmaptool_copy_rejects_data_that_does_not_match_the_checksums() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let raw = dir.path().join("disk.img");
-    sparse_image(&raw);
-    let bmap = dir.path().join("disk.bmap");
-    write_bmap(&raw, &bmap, 4096).expect("write_bmap");
+    let (raw, bmap) = sparse_image_and_bmap(dir.path());
     patch(&raw, 3000 * K + 5, b"changed after the bmap was written");
     let target = dir.path().join("target.img");
-    let status = std::process::Command::new("bmaptool")
-        .args(["copy", "--bmap", s(&bmap), s(&raw), s(&target)])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run bmaptool");
     assert!(
-        !status.success(),
+        !bmaptool_copy_succeeds(&bmap, &raw, &target),
         "bmaptool must notice the range checksum mismatch"
     );
 
@@ -97,13 +105,8 @@ fn bmaptool_copy_rejects_data_that_does_not_match_the_checksums() {
         .expect("read bmap")
         .replace("<BlockSize> 4096", "<BlockSize>  4096");
     std::fs::write(&bmap, text).expect("write bmap");
-    let status = std::process::Command::new("bmaptool")
-        .args(["copy", "--bmap", s(&bmap), s(&raw), s(&target)])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run bmaptool");
     assert!(
-        !status.success(),
+        !bmaptool_copy_succeeds(&bmap, &raw, &target),
         "bmaptool must notice the bmap checksum mismatch"
     );
 }
