@@ -29,6 +29,15 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// A tool's stdout followed by its stderr, as text (the order the checks print in).
+fn stdout_and_stderr(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// `IMG?offset=N`, the way e2fsprogs address a file system inside a disk image.
 fn e2_spec(img: &Path, offset: u64) -> String {
     format!("{}?offset={offset}", img.display())
@@ -43,11 +52,7 @@ fn mtools_spec(img: &Path, offset: u64) -> String {
 /// Panics if e2fsck itself fails to run the check (exit status 8 or more).
 pub fn e2fsck_clean(img: &Path, offset: u64) -> (bool, String) {
     let out = run(Command::new("e2fsck").arg("-fn").arg(e2_spec(img, offset)));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_and_stderr(&out);
     match out.status.code() {
         Some(0) => (true, text),
         Some(1..=7) => (false, text),
@@ -95,11 +100,7 @@ pub fn fsck_vfat_clean(img: &Path, offset: u64) -> (bool, String) {
     );
     tmp.as_file_mut().flush().expect("flush");
     let out = run(Command::new("fsck.vfat").arg("-n").arg(tmp.path()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_and_stderr(&out);
     match out.status.code() {
         Some(0) => (true, text),
         Some(1) => (false, text),
@@ -308,12 +309,7 @@ pub fn sfdisk_json(img: &Path) -> serde_json::Value {
 /// `sgdisk --verify IMG` output (stdout and stderr). It reports "No problems found." when the
 /// GPT (both headers, both partition arrays) is consistent.
 pub fn sgdisk_verify(img: &Path) -> String {
-    let out = run(Command::new("sgdisk").arg("--verify").arg(img));
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    stdout_and_stderr(&run(Command::new("sgdisk").arg("--verify").arg(img)))
 }
 
 /// SHA-256 of a file, lowercase hex.

@@ -54,6 +54,54 @@ fn fake_binary(tag: &str, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Writes a [`fake_binary`] at each `(rel, tag, len)`, in order, with `mode`.
+fn fake_binaries(root: &Path, mode: u32, binaries: &[(&str, &str, usize)]) {
+    for &(rel, tag, len) in binaries {
+        file(root, rel, &fake_binary(tag, len), mode);
+    }
+}
+
+/// The Raspberry Pi 4 firmware both Pi layouts' boot partitions carry.
+const PI4_FIRMWARE: [(&str, &str, usize); 2] = [
+    ("start4.elf", "start4", 200 << 10),
+    ("fixup4.dat", "fixup4", 5 << 10),
+];
+
+/// Raspberry Pi OS's kernels and device tree in its boot partition.
+const RPIOS_KERNELS: [(&str, &str, usize); 3] = [
+    ("kernel8.img", "kernel8", 1 << 20),
+    ("kernel_2712.img", "kernel_2712", 256 << 10),
+    ("bcm2711-rpi-4-b.dtb", "dtb", 50 << 10),
+];
+
+/// The shim and GRUB loaders in the generic image's EFI system partition.
+const ESP_LOADERS: [(&str, &str, usize); 4] = [
+    ("EFI/BOOT/BOOTAA64.EFI", "shim", 900 << 10),
+    ("EFI/BOOT/fbaa64.efi", "fallback", 80 << 10),
+    ("EFI/debian/grubaa64.efi", "grub", 1 << 20),
+    ("EFI/debian/shimaa64.efi", "shim", 900 << 10),
+];
+
+/// The programs in the root file system's `/usr`.
+const USR_BINARIES: [(&str, &str, usize); 4] = [
+    ("usr/bin/bash", "bash", 1_200_000),
+    ("usr/bin/sh", "sh", 120_000),
+    ("usr/bin/systemctl", "systemctl", 300_000),
+    ("usr/sbin/sshd", "sshd", 900_000),
+];
+
+/// Debian's kernel and initramfs (`vmlinuz-KVER`, `initrd.img-KVER`) in the folder `under`
+/// (`""` or ending in `/`), with `mode`.
+fn debian_kernel(root: &Path, under: &str, mode: u32) {
+    let vmlinuz = format!("{under}vmlinuz-{KVER}");
+    let initrd = format!("{under}initrd.img-{KVER}");
+    let binaries = [
+        (vmlinuz.as_str(), "vmlinuz", 1 << 20),
+        (initrd.as_str(), "initrd", 512 << 10),
+    ];
+    fake_binaries(root, mode, &binaries);
+}
+
 /// Writes the boot (FAT) partition's files for `layout` under `root`.
 pub(crate) fn boot_tree(root: &Path, layout: Layout, ids: &TreeIds) {
     match layout {
@@ -77,21 +125,8 @@ fn rpios_boot(root: &Path, ids: &TreeIds) {
         dtoverlay=vc4-kms-v3d\nmax_framebuffers=2\narm_64bit=1\ndisable_overscan=1\narm_boost=1\n\n\
         [pi4]\n# Settings for the Raspberry Pi 4 only\ndtoverlay=dwc2,dr_mode=host\n\n[cm4]\notg_mode=1\n\n[all]\n";
     file(root, "config.txt", config.as_bytes(), 0o755);
-    file(root, "kernel8.img", &fake_binary("kernel8", 1 << 20), 0o755);
-    file(
-        root,
-        "kernel_2712.img",
-        &fake_binary("kernel_2712", 256 << 10),
-        0o755,
-    );
-    file(
-        root,
-        "bcm2711-rpi-4-b.dtb",
-        &fake_binary("dtb", 50 << 10),
-        0o755,
-    );
-    file(root, "start4.elf", &fake_binary("start4", 200 << 10), 0o755);
-    file(root, "fixup4.dat", &fake_binary("fixup4", 5 << 10), 0o755);
+    fake_binaries(root, 0o755, &RPIOS_KERNELS);
+    fake_binaries(root, 0o755, &PI4_FIRMWARE);
     file(
         root,
         "issue.txt",
@@ -134,18 +169,7 @@ fn raspi_firmware(root: &Path) {
         # root_authorized_key - Set an authorized key for a root ssh login\n#root_authorized_key=\n\n\
         # hostname - Set the system hostname.\n#hostname=rpi_XX\n";
     file(root, "sysconf.txt", sysconf.as_bytes(), 0o755);
-    file(
-        root,
-        &format!("vmlinuz-{KVER}"),
-        &fake_binary("vmlinuz", 1 << 20),
-        0o755,
-    );
-    file(
-        root,
-        &format!("initrd.img-{KVER}"),
-        &fake_binary("initrd", 512 << 10),
-        0o755,
-    );
+    debian_kernel(root, "", 0o755);
     for dtb in [
         "bcm2711-rpi-4-b.dtb",
         "bcm2837-rpi-3-b.dtb",
@@ -153,35 +177,11 @@ fn raspi_firmware(root: &Path) {
     ] {
         file(root, dtb, &fake_binary(dtb, 40 << 10), 0o755);
     }
-    file(root, "start4.elf", &fake_binary("start4", 200 << 10), 0o755);
-    file(root, "fixup4.dat", &fake_binary("fixup4", 5 << 10), 0o755);
+    fake_binaries(root, 0o755, &PI4_FIRMWARE);
 }
 
 fn esp(root: &Path) {
-    file(
-        root,
-        "EFI/BOOT/BOOTAA64.EFI",
-        &fake_binary("shim", 900 << 10),
-        0o755,
-    );
-    file(
-        root,
-        "EFI/BOOT/fbaa64.efi",
-        &fake_binary("fallback", 80 << 10),
-        0o755,
-    );
-    file(
-        root,
-        "EFI/debian/grubaa64.efi",
-        &fake_binary("grub", 1 << 20),
-        0o755,
-    );
-    file(
-        root,
-        "EFI/debian/shimaa64.efi",
-        &fake_binary("shim", 900 << 10),
-        0o755,
-    );
+    fake_binaries(root, 0o755, &ESP_LOADERS);
     file(
         root,
         "EFI/debian/grub.cfg",
@@ -393,15 +393,7 @@ fn fstab(layout: Layout, ids: &TreeIds) -> String {
 }
 
 fn usr(root: &Path, big_dir_entries: usize) {
-    for (name, len) in [("bash", 1_200_000), ("sh", 120_000), ("systemctl", 300_000)] {
-        file(
-            root,
-            &format!("usr/bin/{name}"),
-            &fake_binary(name, len),
-            0o755,
-        );
-    }
-    file(root, "usr/sbin/sshd", &fake_binary("sshd", 900_000), 0o755);
+    fake_binaries(root, 0o755, &USR_BINARIES);
     let units = "usr/lib/systemd/system";
     file(
         root,
@@ -450,18 +442,7 @@ fn boot_dir(root: &Path, layout: Layout, ids: &TreeIds) {
         }
     }
     if layout != Layout::RpiOs {
-        file(
-            root,
-            &format!("boot/vmlinuz-{KVER}"),
-            &fake_binary("vmlinuz", 1 << 20),
-            0o644,
-        );
-        file(
-            root,
-            &format!("boot/initrd.img-{KVER}"),
-            &fake_binary("initrd", 512 << 10),
-            0o644,
-        );
+        debian_kernel(root, "boot/", 0o644);
     }
 }
 
