@@ -4,21 +4,12 @@
 //! and free space. Oracle: no panic, no crash or sanitizer report in the wrapper.
 #![no_main]
 
-use imgbuild_core::disk::{self, FsKind, Partition};
+use imgbuild_core::disk::{self, FsKind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let image = imgbuild_fuzz::scratch_file("ext4.img", data);
-    let part = Partition {
-        index: 2,
-        start: 0,
-        size: data.len() as u64,
-        type_id: "0x83".into(),
-        type_name: "Linux".into(),
-        name: None,
-        uuid: None,
-        bootable: false,
-    };
+    let part = imgbuild_fuzz::whole_image_partition(2, data.len() as u64, "0x83", "Linux");
     let probe = disk::probe(&image, &part).expect("probing a readable file");
     if !matches!(probe.kind, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4) {
         return;

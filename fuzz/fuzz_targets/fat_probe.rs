@@ -4,23 +4,15 @@
 //! size, free space and root directory. Oracle: no panic escapes; nothing is written.
 #![no_main]
 
-use imgbuild_core::disk::{self, FsKind, Partition};
+use imgbuild_core::disk::{self, FsKind};
 use imgbuild_core::fs::fat::FatFs;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     imgbuild_fuzz::allow_caught_panics();
     let image = imgbuild_fuzz::scratch_file("fat.img", data);
-    let part = Partition {
-        index: 1,
-        start: 0,
-        size: data.len() as u64,
-        type_id: "0x0c".into(),
-        type_name: "W95 FAT32 (LBA)".into(),
-        name: None,
-        uuid: None,
-        bootable: false,
-    };
+    let part =
+        imgbuild_fuzz::whole_image_partition(1, data.len() as u64, "0x0c", "W95 FAT32 (LBA)");
     let probe = disk::probe(&image, &part).expect("probing a readable file");
     if !matches!(probe.kind, FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32) {
         return;

@@ -70,6 +70,26 @@ pub fn scratch_dir() -> &'static Path {
     })
 }
 
+/// An MBR partition `index` of type `type_id` (`type_name`, as fdisk names it) spanning all
+/// `size` bytes of a scratch image, for the probes that take a partition of an image.
+pub fn whole_image_partition(
+    index: u32,
+    size: u64,
+    type_id: &str,
+    type_name: &str,
+) -> imgbuild_core::disk::Partition {
+    imgbuild_core::disk::Partition {
+        index,
+        start: 0,
+        size,
+        type_id: type_id.into(),
+        type_name: type_name.into(),
+        name: None,
+        uuid: None,
+        bootable: false,
+    }
+}
+
 /// Writes `data` to the scratch file `name` (replacing it) and returns its path.
 pub fn scratch_file(name: &str, data: &[u8]) -> PathBuf {
     let path = scratch_dir().join(name);
