@@ -178,17 +178,10 @@ async fn check_claim(
             status.map(|s| s.as_str().to_owned()).unwrap_or_else(|| "of unknown status".to_owned())
         );
     }
-    let attached = aws
-        .iot
-        .list_attached_policies()
-        .target(&arn)
-        .send()
-        .await
-        .aws_context(|| format!("IoT ListAttachedPolicies {arn}"))?;
-    if attached
-        .policies()
+    if attached_iot_policies(aws, &arn)
+        .await?
         .iter()
-        .any(|p| p.policy_name() == Some(policy))
+        .any(|p| p == policy)
     {
         return Ok(ClaimOutcome::Existing {
             certificate_arn: arn,
@@ -252,16 +245,10 @@ pub async fn claim_state(aws: &Aws, loc: &S3Location, policy: &str) -> Result<Cl
         }
     };
     let policy_attached = active
-        && aws
-            .iot
-            .list_attached_policies()
-            .target(&arn)
-            .send()
-            .await
-            .aws_context(|| format!("IoT ListAttachedPolicies {arn}"))?
-            .policies()
+        && attached_iot_policies(aws, &arn)
+            .await?
             .iter()
-            .any(|p| p.policy_name() == Some(policy));
+            .any(|p| p == policy);
     Ok(ClaimState::Complete {
         certificate_arn: arn,
         active,
@@ -292,6 +279,22 @@ pub fn certificate_id(arn: &str) -> Result<&str> {
             bail!("{arn:?} is not an AWS IoT certificate ARN (arn:aws:iot:REGION:ACCOUNT:cert/ID)")
         }
     }
+}
+
+/// The names of the IoT policies attached to `target` (a certificate ARN).
+pub(crate) async fn attached_iot_policies(aws: &Aws, target: &str) -> Result<Vec<String>> {
+    let out = aws
+        .iot
+        .list_attached_policies()
+        .target(target)
+        .send()
+        .await
+        .aws_context(|| format!("IoT ListAttachedPolicies {target}"))?;
+    Ok(out
+        .policies()
+        .iter()
+        .filter_map(|p| p.policy_name().map(str::to_owned))
+        .collect())
 }
 
 /// Creates the claim policy unless a policy of that name exists; returns whether it created it.

@@ -44,9 +44,22 @@ pub enum Status {
     Drift(String),
 }
 
-/// The resources of a fleet, in the order `init` creates them (each after what it refers to).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resource {
+/// Declares [`Resource`] and its creation order from one list: the order is the order of the
+/// variants, so a new resource cannot be declared without its place in `init`.
+macro_rules! resources {
+    ($($(#[$doc:meta])* $variant:ident,)*) => {
+        /// The resources of a fleet, in the order `init` creates them (each after what it refers to).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Resource {
+            $($(#[$doc])* $variant,)*
+        }
+
+        /// Every resource, the hook's included, in creation order.
+        const ALL_RESOURCES: &[Resource] = &[$(Resource::$variant),*];
+    };
+}
+
+resources! {
     /// The fleet bucket.
     Bucket,
     /// Its public access block (all four settings on).
@@ -94,32 +107,20 @@ pub enum Resource {
 impl Resource {
     /// All resources of a fleet with or without the hook, in creation order.
     pub fn all(hook: bool) -> Vec<Resource> {
+        ALL_RESOURCES
+            .iter()
+            .copied()
+            .filter(|r| hook || !r.is_hook())
+            .collect()
+    }
+
+    /// Whether the resource belongs to the allowlist hook (made only with `--allowlist-hook`).
+    fn is_hook(self) -> bool {
         use Resource::*;
-        let mut all = vec![
-            Bucket,
-            BucketPublicAccess,
-            BucketEncryption,
-            BucketVersioning,
-            TokenPolicy,
-            TokenRole,
-            TokenRoleAttachment,
-            RoleAlias,
-            DevicePolicy,
-            ThingGroup,
-            ProvisioningRole,
-            ProvisioningRoleAttachment,
-        ];
-        if hook {
-            all.extend([
-                HookPolicy,
-                HookRole,
-                HookRoleAttachment,
-                HookFunction,
-                HookPermission,
-            ]);
-        }
-        all.extend([Template, ClaimPolicy, ClaimCertificate, Parameters]);
-        all
+        matches!(
+            self,
+            HookPolicy | HookRole | HookRoleAttachment | HookFunction | HookPermission
+        )
     }
 
     /// What the resource is, with its name.
@@ -689,25 +690,31 @@ async fn check_role(aws: &Aws, role: &str, service: &str) -> Result<Status> {
                     "its trust policy differs (fleet init trusts only {service})"
                 )));
             }
-            let inline = aws
-                .iam
-                .list_role_policies()
-                .role_name(role)
-                .send()
-                .await
-                .aws_context(|| format!("IAM ListRolePolicies {role}"))?;
-            if inline.policy_names().is_empty() {
+            let inline = inline_policies(aws, role).await?;
+            if inline.is_empty() {
                 Ok(Status::InPlace)
             } else {
                 Ok(Status::Drift(format!(
                     "it has inline policies ({}) fleet init does not make",
-                    inline.policy_names().join(", ")
+                    inline.join(", ")
                 )))
             }
         }
         Err(e) if error_code(&e) == Some("NoSuchEntity") => Ok(Status::Missing),
         Err(e) => Err(e).aws_context(|| format!("IAM GetRole {role}")),
     }
+}
+
+/// The names of a role's inline policies.
+async fn inline_policies(aws: &Aws, role: &str) -> Result<Vec<String>> {
+    let out = aws
+        .iam
+        .list_role_policies()
+        .role_name(role)
+        .send()
+        .await
+        .aws_context(|| format!("IAM ListRolePolicies {role}"))?;
+    Ok(out.policy_names().to_vec())
 }
 
 async fn attached_policies(aws: &Aws, role: &str) -> Result<Vec<String>> {
@@ -1507,23 +1514,14 @@ async fn delete_claim(aws: &Aws, spec: &FleetSpec, bucket_exists: bool) -> Resul
             .await
         {
             Ok(_) => {
-                let policies = aws
-                    .iot
-                    .list_attached_policies()
-                    .target(&arn)
-                    .send()
-                    .await
-                    .aws_context(|| format!("IoT ListAttachedPolicies {arn}"))?;
-                for p in policies.policies() {
-                    if let Some(name) = p.policy_name() {
-                        aws.iot
-                            .detach_policy()
-                            .policy_name(name)
-                            .target(&arn)
-                            .send()
-                            .await
-                            .aws_context(|| format!("IoT DetachPolicy {name} from {arn}"))?;
-                    }
+                for name in claim::attached_iot_policies(aws, &arn).await? {
+                    aws.iot
+                        .detach_policy()
+                        .policy_name(&name)
+                        .target(&arn)
+                        .send()
+                        .await
+                        .aws_context(|| format!("IoT DetachPolicy {name} from {arn}"))?;
                 }
                 aws.iot
                     .update_certificate()
@@ -1614,18 +1612,11 @@ async fn delete_role(aws: &Aws, role: &str) -> Result<bool> {
             .aws_context(|| format!("IAM DetachRolePolicy {arn} from {role}"))?;
     }
     // DeleteRole refuses a role with inline policies (someone may have added one).
-    let inline = aws
-        .iam
-        .list_role_policies()
-        .role_name(role)
-        .send()
-        .await
-        .aws_context(|| format!("IAM ListRolePolicies {role}"))?;
-    for name in inline.policy_names() {
+    for name in inline_policies(aws, role).await? {
         aws.iam
             .delete_role_policy()
             .role_name(role)
-            .policy_name(name)
+            .policy_name(&name)
             .send()
             .await
             .aws_context(|| format!("IAM DeleteRolePolicy {name} of {role}"))?;
@@ -1763,6 +1754,22 @@ mod tests {
         assert!(!role_not_ready(
             "IAM CreateRole X: AccessDenied: not allowed to create role"
         ));
+    }
+
+    #[test]
+    fn the_hook_resources_go_only_without_the_hook_and_the_order_stays() {
+        let with = Resource::all(true);
+        let without = Resource::all(false);
+        assert_eq!((with.len(), without.len()), (21, 16));
+        assert_eq!(with.first(), Some(&Resource::Bucket));
+        assert_eq!(with.last(), Some(&Resource::Parameters));
+        let kept: Vec<Resource> = with.iter().copied().filter(|r| !r.is_hook()).collect();
+        assert_eq!(without, kept);
+        assert_eq!(
+            with.iter().position(|r| *r == Resource::HookPolicy),
+            Some(12),
+            "the hook comes after the provisioning role, before the template"
+        );
     }
 
     #[test]
