@@ -560,12 +560,7 @@ class Ops:
 
 def ops_route(ops, environ):
     """Answers the fleet-operation routes, or None to go on with `route`."""
-    method = environ["REQUEST_METHOD"]
-    path = environ.get("PATH_INFO", "")
-    query = parse_qs(environ.get("QUERY_STRING", ""))
-    region, service = signing_scope(environ)
-    region = region or DEFAULT_REGION
-    parts = [unquote(p) for p in path.strip("/").split("/")]
+    method, path, query, region, service, parts = parse_request(environ)
 
     if parts == ["_shim", "faults"] and method == "POST":
         return ops.add_fault(read_json(environ))
@@ -619,8 +614,8 @@ def dynamic_group_of_request(ops, environ):
     return None, None
 
 
-def call_moto_json(app, environ):
-    """Calls moto and returns (status line, headers, decoded JSON body)."""
+def call_moto(app, environ):
+    """Calls moto and returns (status line, headers, body bytes)."""
     captured = {}
 
     def capture(status, headers, exc_info=None):
@@ -633,7 +628,24 @@ def call_moto_json(app, environ):
     finally:
         if hasattr(chunks, "close"):
             chunks.close()
-    return captured["status"], captured["headers"], json.loads(body or b"{}")
+    return captured["status"], captured["headers"], body
+
+
+def call_moto_json(app, environ):
+    """Calls moto and returns (status line, headers, decoded JSON body)."""
+    status, headers, body = call_moto(app, environ)
+    return status, headers, json.loads(body or b"{}")
+
+
+def parse_request(environ):
+    """(method, path, query, region, service, path parts) of a request; the region is
+    DEFAULT_REGION when the request is unsigned."""
+    method = environ["REQUEST_METHOD"]
+    path = environ.get("PATH_INFO", "")
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    region, service = signing_scope(environ)
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+    return method, path, query, region or DEFAULT_REGION, service, parts
 
 
 def signing_scope(environ):
@@ -661,12 +673,7 @@ def read_json(environ):
 
 def route(store, environ):
     """Answers (status, body) for the emulated routes, or None to hand the request to moto."""
-    method = environ["REQUEST_METHOD"]
-    path = environ.get("PATH_INFO", "")
-    query = parse_qs(environ.get("QUERY_STRING", ""))
-    region, service = signing_scope(environ)
-    region = region or DEFAULT_REGION
-    parts = [unquote(p) for p in path.strip("/").split("/")]
+    method, path, query, region, service, parts = parse_request(environ)
 
     if parts[:4] == ["_shim", "greengrass", "v2", "coreDevices"] and len(parts) == 5 and method == "POST":
         return store.seed_core_device(parts[4])
@@ -719,22 +726,11 @@ def fix_list_parts(app, environ, start_response, old=b"ListPartsResponse", new=b
     SDKs that check it) use ListPartsResult. Rename it, leaving everything else as moto sent it.
     Likewise GetBucketVersioning: moto's root is GetBucketVersioningResponse, AWS's (S3 API
     reference, GetBucketVersioning response syntax) VersioningConfiguration."""
-    captured = {}
-
-    def capture(status, headers, exc_info=None):
-        captured["status"], captured["headers"] = status, headers
-        return lambda data: None
-
-    chunks = app(environ, capture)
-    try:
-        body = b"".join(chunks)
-    finally:
-        if hasattr(chunks, "close"):
-            chunks.close()
+    status, headers, body = call_moto(app, environ)
     body = body.replace(b"<" + old, b"<" + new).replace(b"</" + old + b">", b"</" + new + b">")
-    headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
     headers.append(("Content-Length", str(len(body))))
-    start_response(captured["status"], headers)
+    start_response(status, headers)
     return [body]
 
 
