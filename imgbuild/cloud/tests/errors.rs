@@ -7,30 +7,26 @@ use std::net::TcpListener;
 use common::{assert_one_line, Moto};
 use imgbuild_cloud::claim::ensure_claim;
 use imgbuild_cloud::upload::{upload_files, UploadOptions};
-use imgbuild_cloud::{Aws, S3Location};
+use imgbuild_cloud::{Aws, CloudError, S3Location};
 
-fn options() -> UploadOptions {
-    UploadOptions {
-        progress: imgbuild_progress::Reporter::none(),
-        ..UploadOptions::default()
-    }
-}
-
-fn a_file(dir: &tempfile::TempDir) -> Vec<std::path::PathBuf> {
+/// The error of uploading a small file to `to` (an `s3://` URL), which must fail.
+async fn upload_error(aws: &Aws, to: &str) -> CloudError {
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("image.img");
     std::fs::write(&path, b"data").unwrap();
-    vec![path]
+    let to: S3Location = to.parse().unwrap();
+    let options = UploadOptions {
+        progress: imgbuild_progress::Reporter::none(),
+        ..UploadOptions::default()
+    };
+    upload_files(aws, &[path], &to, &options).await.unwrap_err()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_bucket_is_named_in_one_line() {
     let moto = Moto::start();
     let aws = moto.aws().await;
-    let dir = tempfile::tempdir().unwrap();
-    let to: S3Location = "s3://no-such-bucket/x/".parse().unwrap();
-    let err = upload_files(&aws, &a_file(&dir), &to, &options())
-        .await
-        .unwrap_err();
+    let err = upload_error(&aws, "s3://no-such-bucket/x/").await;
     assert_one_line(
         err.message(),
         &[
@@ -43,6 +39,7 @@ async fn a_missing_bucket_is_named_in_one_line() {
     // the service's code stays readable for callers (the variant says it is an AWS failure)
     assert_eq!(err.aws_code(), Some("NoSuchBucket"), "{err:?}");
     assert_eq!(err.exit_code(), 1);
+    let to: S3Location = "s3://no-such-bucket/x/".parse().unwrap();
     let err = ensure_claim(&aws, &to, "P", "T").await.unwrap_err();
     assert_one_line(err.message(), &["no-such-bucket", "does not exist"]);
 }
@@ -62,11 +59,7 @@ async fn an_unreachable_endpoint_is_one_line() {
             "k", "s", None, None, "test",
         ));
     let aws = Aws::from_loader(loader).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let to: S3Location = "s3://images/".parse().unwrap();
-    let err = upload_files(&aws, &a_file(&dir), &to, &options())
-        .await
-        .unwrap_err();
+    let err = upload_error(&aws, "s3://images/").await;
     assert_one_line(
         err.message(),
         &["images", "cannot reach the endpoint", "AWS_ENDPOINT_URL"],
@@ -89,11 +82,7 @@ async fn unknown_credentials_are_one_line_with_the_service_code_and_a_hint() {
     let aws = Aws::from_loader(moto.loader_with_keys("AKIAUNKNOWNKEY000000", "wrong"))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let to: S3Location = "s3://images/".parse().unwrap();
-    let err = upload_files(&aws, &a_file(&dir), &to, &options())
-        .await
-        .unwrap_err();
+    let err = upload_error(&aws, "s3://images/").await;
     assert_one_line(
         err.message(),
         &[

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use common::Moto;
@@ -73,8 +74,8 @@ fn interrupted_after(parts: usize, jobs: usize) -> UploadOptions {
     }
 }
 
-/// The object's bytes as S3 serves them, hashed.
-async fn remote_sha256(aws: &Aws, bucket: &str, key: &str) -> String {
+/// The object's bytes as S3 serves them.
+async fn remote_bytes(aws: &Aws, bucket: &str, key: &str) -> Vec<u8> {
     let out = aws
         .s3
         .get_object()
@@ -83,8 +84,50 @@ async fn remote_sha256(aws: &Aws, bucket: &str, key: &str) -> String {
         .send()
         .await
         .unwrap();
-    let bytes = out.body.collect().await.unwrap().into_bytes();
-    hex::encode(Sha256::digest(&bytes))
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+/// Asserts that S3 serves `key` with the bytes whose sha256 is `expected` and that its `sha256`
+/// metadata says so; returns its HeadObject answer for further checks.
+async fn assert_stored(aws: &Aws, bucket: &str, key: &str, expected: &str) -> HeadObjectOutput {
+    let served = hex::encode(Sha256::digest(remote_bytes(aws, bucket, key).await));
+    assert_eq!(served, expected, "the bytes of s3://{bucket}/{key}");
+    let head = aws
+        .s3
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("sha256"))
+            .map(String::as_str),
+        Some(expected),
+        "the sha256 metadata of s3://{bucket}/{key}"
+    );
+    head
+}
+
+/// (key, upload id) of each multipart upload in flight in `bucket`.
+async fn in_flight_uploads(aws: &Aws, bucket: &str) -> Vec<(String, String)> {
+    let out = aws
+        .s3
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    out.uploads()
+        .iter()
+        .map(|u| {
+            (
+                u.key().unwrap().to_owned(),
+                u.upload_id().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -122,19 +165,8 @@ async fn a_200_mib_image_goes_up_in_parts_with_sha256_sse_manifest_and_a_working
     assert_eq!(r.parts_uploaded, r.parts_total);
     assert_eq!(r.parts_reused, 0);
 
-    let head = aws
-        .s3
-        .head_object()
-        .bucket("images")
-        .key(&r.key)
-        .send()
-        .await
-        .unwrap();
+    let head = assert_stored(&aws, "images", &r.key, &expected).await;
     assert_eq!(head.content_length(), Some(200 * MIB as i64 + 12345));
-    assert_eq!(
-        head.metadata().and_then(|m| m.get("sha256")),
-        Some(&expected)
-    );
     assert_eq!(
         head.server_side_encryption(),
         Some(&ServerSideEncryption::Aes256)
@@ -145,7 +177,6 @@ async fn a_200_mib_image_goes_up_in_parts_with_sha256_sse_manifest_and_a_working
         .unwrap()
         .trim_matches('"')
         .ends_with(&format!("-{}", r.parts_total)));
-    assert_eq!(remote_sha256(&aws, "images", &r.key).await, expected);
 
     // The presigned URL serves the same bytes to a plain HTTP client without credentials.
     let url = r.presigned_url.as_deref().unwrap();
@@ -159,16 +190,8 @@ async fn a_200_mib_image_goes_up_in_parts_with_sha256_sse_manifest_and_a_working
     let manifest = &reports[1];
     assert_eq!(manifest.key, "builds/42/manifest.json");
     assert_eq!(manifest.presigned_url, None);
-    let got = aws
-        .s3
-        .get_object()
-        .bucket("images")
-        .key(&manifest.key)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        got.body.collect().await.unwrap().into_bytes().as_ref(),
+        remote_bytes(&aws, "images", &manifest.key).await,
         br#"{"image":"fleet.img"}"#
     );
 
@@ -185,20 +208,14 @@ async fn a_200_mib_image_goes_up_in_parts_with_sha256_sse_manifest_and_a_working
 
 /// Part numbers S3 holds for the in-flight upload of `key`.
 async fn parts_in_s3(aws: &Aws, bucket: &str, key: &str) -> (String, Vec<i32>) {
-    let uploads = aws
-        .s3
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .send()
+    let in_flight: Vec<String> = in_flight_uploads(aws, bucket)
         .await
-        .unwrap();
-    let in_flight: Vec<_> = uploads
-        .uploads()
-        .iter()
-        .filter(|u| u.key() == Some(key))
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, id)| id)
         .collect();
     assert_eq!(in_flight.len(), 1, "one in-flight upload");
-    let id = in_flight[0].upload_id().unwrap().to_owned();
+    let id = in_flight[0].clone();
     let parts = aws
         .s3
         .list_parts()
@@ -276,29 +293,11 @@ async fn an_interrupted_upload_resumes_sending_only_missing_or_damaged_parts() {
     assert_eq!(report.parts_total, 13);
     assert_eq!(report.parts_reused as usize, held.len() - 1);
     assert_eq!(report.parts_uploaded as usize, 13 - held.len() + 1);
-    assert_eq!(remote_sha256(&aws, "images", "resume.img").await, expected);
-    let head = aws
-        .s3
-        .head_object()
-        .bucket("images")
-        .key("resume.img")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        head.metadata().and_then(|m| m.get("sha256")),
-        Some(&expected)
-    );
-    let left = aws
-        .s3
-        .list_multipart_uploads()
-        .bucket("images")
-        .send()
-        .await
-        .unwrap();
+    assert_stored(&aws, "images", "resume.img", &expected).await;
+    let left = in_flight_uploads(&aws, "images").await;
     assert!(
-        left.uploads().is_empty(),
-        "the resumed upload was completed"
+        left.is_empty(),
+        "the resumed upload was completed: {left:?}"
     );
 }
 
@@ -332,30 +331,11 @@ async fn an_in_flight_upload_of_other_content_is_aborted_not_resumed() {
         .unwrap();
     assert_eq!(report.parts_reused, 0);
     assert_eq!(report.parts_uploaded, 3);
-    assert_eq!(remote_sha256(&aws, "images", "a.img").await, expected);
-    let head = aws
-        .s3
-        .head_object()
-        .bucket("images")
-        .key("a.img")
-        .send()
+    assert_stored(&aws, "images", "a.img", &expected).await;
+    assert!(in_flight_uploads(&aws, "images")
         .await
-        .unwrap();
-    assert_eq!(
-        head.metadata().and_then(|m| m.get("sha256")),
-        Some(&expected)
-    );
-    let left = aws
-        .s3
-        .list_multipart_uploads()
-        .bucket("images")
-        .send()
-        .await
-        .unwrap();
-    assert!(left
-        .uploads()
         .iter()
-        .all(|u| u.upload_id() != Some(old_id.as_str())));
+        .all(|(_, id)| *id != old_id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,18 +352,7 @@ async fn a_small_file_is_one_put_with_metadata_and_encryption() {
         .unwrap();
     assert_eq!(reports.len(), 1, "no manifest next to it");
     assert_eq!(reports[0].parts_total, 1);
-    let head = aws
-        .s3
-        .head_object()
-        .bucket("images")
-        .key("small.bin")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        head.metadata().and_then(|m| m.get("sha256")),
-        Some(&sha256_of(&file))
-    );
+    let head = assert_stored(&aws, "images", "small.bin", &sha256_of(&file)).await;
     assert_eq!(
         head.server_side_encryption(),
         Some(&ServerSideEncryption::Aes256)
