@@ -1,8 +1,7 @@
 //! `imgbuild cloud devices sync` on a seeded moto account.
 
 mod common;
-
-use std::collections::BTreeMap;
+mod opskit;
 
 use common::Moto;
 use imgbuild_cloud::allowlist::Allowlist;
@@ -10,148 +9,10 @@ use imgbuild_cloud::devices::{
     self, apply_sync, plan_sync, Guards, SyncArgs, SyncOutcome, SyncRequest,
 };
 use imgbuild_cloud::{Aws, CloudError};
-
-const DEVICE_POLICY: &str = "DevicePolicy";
-
-/// Everything the sync could touch, as one comparable value.
-#[derive(Debug, PartialEq, Eq)]
-struct State {
-    /// thing -> (groups, principals)
-    things: BTreeMap<String, (Vec<String>, Vec<String>)>,
-    /// certificate ARN -> (status, attached policies)
-    certificates: BTreeMap<String, (String, Vec<String>)>,
-    core_devices: Vec<String>,
-    policies: Vec<String>,
-}
-
-async fn state(aws: &Aws) -> State {
-    let mut things = BTreeMap::new();
-    for thing in aws.iot.list_things().send().await.unwrap().things() {
-        let name = thing.thing_name().unwrap().to_owned();
-        let groups = aws
-            .iot
-            .list_thing_groups_for_thing()
-            .thing_name(&name)
-            .send()
-            .await
-            .unwrap();
-        let mut groups: Vec<String> = groups
-            .thing_groups()
-            .iter()
-            .filter_map(|g| g.group_name().map(str::to_owned))
-            .collect();
-        groups.sort();
-        let principals = aws
-            .iot
-            .list_thing_principals()
-            .thing_name(&name)
-            .send()
-            .await
-            .unwrap();
-        let mut principals = principals.principals().to_vec();
-        principals.sort();
-        things.insert(name, (groups, principals));
-    }
-    let mut certificates = BTreeMap::new();
-    for cert in aws
-        .iot
-        .list_certificates()
-        .send()
-        .await
-        .unwrap()
-        .certificates()
-    {
-        let arn = cert.certificate_arn().unwrap().to_owned();
-        let status = cert.status().unwrap().as_str().to_owned();
-        let policies = aws
-            .iot
-            .list_attached_policies()
-            .target(&arn)
-            .send()
-            .await
-            .unwrap();
-        let mut policies: Vec<String> = policies
-            .policies()
-            .iter()
-            .filter_map(|p| p.policy_name().map(str::to_owned))
-            .collect();
-        policies.sort();
-        certificates.insert(arn, (status, policies));
-    }
-    let core = aws.greengrass.list_core_devices().send().await.unwrap();
-    let core_devices = core
-        .core_devices()
-        .iter()
-        .filter_map(|c| c.core_device_thing_name().map(str::to_owned))
-        .collect();
-    let policies = aws.iot.list_policies().send().await.unwrap();
-    let policies = policies
-        .policies()
-        .iter()
-        .filter_map(|p| p.policy_name().map(str::to_owned))
-        .collect();
-    State {
-        things,
-        certificates,
-        core_devices,
-        policies,
-    }
-}
-
-/// Creates a thing (in `group`, if any) with a new active certificate, optionally with the
-/// device policy and a Greengrass core device; returns the certificate ARN.
-async fn device(
-    moto: &Moto,
-    aws: &Aws,
-    thing: &str,
-    group: Option<&str>,
-    policy: bool,
-    core: bool,
-) -> String {
-    aws.iot
-        .create_thing()
-        .thing_name(thing)
-        .send()
-        .await
-        .unwrap();
-    if let Some(group) = group {
-        aws.iot
-            .add_thing_to_thing_group()
-            .thing_group_name(group)
-            .thing_name(thing)
-            .send()
-            .await
-            .unwrap();
-    }
-    let cert = aws
-        .iot
-        .create_keys_and_certificate()
-        .set_as_active(true)
-        .send()
-        .await
-        .unwrap();
-    let arn = cert.certificate_arn().unwrap().to_owned();
-    aws.iot
-        .attach_thing_principal()
-        .thing_name(thing)
-        .principal(&arn)
-        .send()
-        .await
-        .unwrap();
-    if policy {
-        aws.iot
-            .attach_policy()
-            .policy_name(DEVICE_POLICY)
-            .target(&arn)
-            .send()
-            .await
-            .unwrap();
-    }
-    if core {
-        moto.seed_core_device(thing);
-    }
-    arn
-}
+use opskit::{
+    assert_unchanged, device_policy, device_with_policy as device, group, state, thing,
+    DEVICE_POLICY,
+};
 
 /// The fleet: group "Fleet" holds SN1, SN2 (listed), SN3, SN4 (not listed); SN5 (listed) is
 /// provisioned but outside the group; Outside1 and Shared are elsewhere; SN4 shares its
@@ -163,41 +24,16 @@ struct Fleet {
 }
 
 async fn seed(moto: &Moto, aws: &Aws) -> Fleet {
-    for group in ["Fleet", "Other"] {
-        aws.iot
-            .create_thing_group()
-            .thing_group_name(group)
-            .send()
-            .await
-            .unwrap();
-    }
-    let doc = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
-    aws.iot
-        .create_policy()
-        .policy_name(DEVICE_POLICY)
-        .policy_document(doc)
-        .send()
-        .await
-        .unwrap();
+    group(aws, "Fleet").await;
+    group(aws, "Other").await;
+    device_policy(aws).await;
     device(moto, aws, "SN1", Some("Fleet"), true, true).await;
     let cert_sn2 = device(moto, aws, "SN2", Some("Fleet"), false, false).await;
     let cert_sn3 = device(moto, aws, "SN3", Some("Fleet"), true, true).await;
     device(moto, aws, "SN5", None, true, false).await;
     device(moto, aws, "Outside1", Some("Other"), true, true).await;
     let cert_shared = device(moto, aws, "Shared", None, true, false).await;
-    aws.iot
-        .create_thing()
-        .thing_name("SN4")
-        .send()
-        .await
-        .unwrap();
-    aws.iot
-        .add_thing_to_thing_group()
-        .thing_group_name("Fleet")
-        .thing_name("SN4")
-        .send()
-        .await
-        .unwrap();
+    thing(aws, "SN4", Some("Fleet")).await;
     aws.iot
         .attach_thing_principal()
         .thing_name("SN4")
@@ -247,7 +83,7 @@ async fn sync_removes_unlisted_group_members_with_their_certificates_and_nothing
         "{text}"
     );
     assert!(text.contains("pending  SN9"), "{text}");
-    assert_eq!(state(&aws).await, before, "planning changes nothing");
+    assert_unchanged(&aws, &before, "planning").await;
 
     let report = apply_sync(&aws, &plan).await.unwrap();
     assert_eq!(
@@ -263,10 +99,10 @@ async fn sync_removes_unlisted_group_members_with_their_certificates_and_nothing
     // Removed: SN3 with its certificate and core device; SN4 (its certificate is Shared's).
     assert!(!after.things.contains_key("SN3") && !after.things.contains_key("SN4"));
     assert!(!after.certificates.contains_key(&fleet.cert_sn3));
-    assert!(!after.core_devices.contains(&"SN3".to_owned()));
+    assert!(!after.core_devices.contains_key("SN3"));
     // Listed ones keep everything; SN2 gained the policy, SN5 the group.
     assert_eq!(after.things["SN1"], before.things["SN1"]);
-    assert!(after.core_devices.contains(&"SN1".to_owned()));
+    assert!(after.core_devices.contains_key("SN1"));
     assert_eq!(
         after.certificates[&fleet.cert_sn2],
         ("ACTIVE".to_owned(), vec![DEVICE_POLICY.to_owned()])
@@ -280,7 +116,7 @@ async fn sync_removes_unlisted_group_members_with_their_certificates_and_nothing
         after.certificates[&fleet.cert_shared],
         before.certificates[&fleet.cert_shared]
     );
-    assert!(after.core_devices.contains(&"Outside1".to_owned()));
+    assert!(after.core_devices.contains_key("Outside1"));
     assert_eq!(after.policies, before.policies);
 
     // A second sync finds nothing to do.
@@ -328,7 +164,7 @@ async fn dry_run_and_a_malformed_allowlist_change_nothing() {
         shown.is_some_and(|plan| !plan.is_noop()),
         "the dry run showed the plan it did not carry out"
     );
-    assert_eq!(state(&aws).await, before, "dry-run changed the account");
+    assert_unchanged(&aws, &before, "dry-run").await;
 
     let bad = dir.path().join("bad.txt");
     std::fs::write(&bad, "SN1\nSN2\n# ok\nSN3;rm\nSN1\n").unwrap();
@@ -341,23 +177,14 @@ async fn dry_run_and_a_malformed_allowlist_change_nothing() {
             "line 5: duplicate serial \"SN1\" (first on line 1)",
         ],
     );
-    assert_eq!(
-        state(&aws).await,
-        before,
-        "a rejected allowlist changed the account"
-    );
+    assert_unchanged(&aws, &before, "a rejected allowlist").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thing_prefix_maps_serials_to_thing_names() {
     let moto = Moto::start();
     let aws = moto.aws().await;
-    aws.iot
-        .create_thing_group()
-        .thing_group_name("Fleet")
-        .send()
-        .await
-        .unwrap();
+    group(&aws, "Fleet").await;
     device(&moto, &aws, "gg-SN1", Some("Fleet"), false, false).await;
     device(&moto, &aws, "SN1", Some("Fleet"), false, false).await;
     let allowlist = Allowlist::parse("SN1\n", "a").unwrap();

@@ -13,7 +13,9 @@ use imgbuild_cloud::devices::{
 };
 use imgbuild_cloud::Aws;
 use imgbuild_cloud::{CloudError, Result};
-use opskit::{device, device_policy, group, shim_post, state, DEVICE_POLICY};
+use opskit::{
+    assert_unchanged, device, device_policy, group, shim_post, state, thing, DEVICE_POLICY,
+};
 
 /// Group "Fleet": SN1, SN2 (listed), SN3, SN4, SN5 (not listed; SN3 a core device);
 /// "Other": Outside1 (a core device). Returns SN3's certificate ARN.
@@ -75,7 +77,7 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
             err.message(),
             &[name, "lists no serial numbers", "thing group Fleet"],
         );
-        assert_eq!(state(&aws).await, before, "{name} changed the account");
+        assert_unchanged(&aws, &before, name).await;
     }
 
     // SN1 and SN2 listed: SN3, SN4, SN5 would go, one more than allowed.
@@ -92,11 +94,7 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
         ],
     );
     assert_eq!(err.exit_code(), 1);
-    assert_eq!(
-        state(&aws).await,
-        before,
-        "--max-removals refusal changed the account"
-    );
+    assert_unchanged(&aws, &before, "--max-removals refusal").await;
 
     // Within the limit but without --yes: the guard asks (the CLI prompts only on a terminal,
     // otherwise refuses; the binary's test covers that path with stdin closed).
@@ -129,7 +127,7 @@ async fn empty_allowlists_and_too_many_removals_are_refused_leaving_the_account_
         .await
         .unwrap_err();
     assert_eq!(err.message(), "test: nobody to confirm");
-    assert_eq!(state(&aws).await, before);
+    assert_unchanged(&aws, &before, "a refused confirmation").await;
 
     // With the limit raised and --yes, the same plan runs.
     let done = run_sync(&aws, sync_args(&list, 3, true)).await.unwrap();
@@ -211,11 +209,7 @@ async fn a_dynamic_thing_group_is_refused() {
         err.message(),
         &["thing group Dyn is a dynamic thing group", "thingName:SN*"],
     );
-    assert_eq!(
-        state(&aws).await,
-        before,
-        "a refused dynamic group changed the account"
-    );
+    assert_unchanged(&aws, &before, "a refused dynamic group").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,19 +334,7 @@ async fn devices_ls_shows_serial_certificate_and_core_device_state() {
         .send()
         .await
         .unwrap();
-    aws.iot
-        .create_thing()
-        .thing_name("odd")
-        .send()
-        .await
-        .unwrap();
-    aws.iot
-        .add_thing_to_thing_group()
-        .thing_group_name("Fleet")
-        .thing_name("odd")
-        .send()
-        .await
-        .unwrap();
+    thing(&aws, "odd", Some("Fleet")).await;
 
     let rows = list_devices(&aws, "Fleet", "gg-").await.unwrap();
     let things: Vec<&str> = rows.iter().map(|r| r.thing.as_str()).collect();

@@ -164,16 +164,14 @@ pub async fn device_policy(aws: &Aws) {
         .unwrap();
 }
 
-/// A provisioned device as fleet provisioning leaves it: a thing in `group` with an active
-/// certificate carrying the device policy, and (if `core`) a Greengrass core device.
-/// Returns the certificate ARN.
-pub async fn device(
-    moto: &Moto,
-    aws: &Aws,
-    thing: &str,
-    group: Option<&str>,
-    core: bool,
-) -> String {
+/// Asserts that the account is still in the state `before`; `what` names what must not have
+/// changed it.
+pub async fn assert_unchanged(aws: &Aws, before: &State, what: &str) {
+    assert_eq!(&state(aws).await, before, "{what} changed the account");
+}
+
+/// Creates a thing, in `group` if any, without a certificate.
+pub async fn thing(aws: &Aws, thing: &str, group: Option<&str>) {
     aws.iot
         .create_thing()
         .thing_name(thing)
@@ -189,6 +187,31 @@ pub async fn device(
             .await
             .unwrap();
     }
+}
+
+/// A provisioned device as fleet provisioning leaves it: a thing in `group` with an active
+/// certificate carrying the device policy, and (if `core`) a Greengrass core device.
+/// Returns the certificate ARN.
+pub async fn device(
+    moto: &Moto,
+    aws: &Aws,
+    thing: &str,
+    group: Option<&str>,
+    core: bool,
+) -> String {
+    device_with_policy(moto, aws, thing, group, true, core).await
+}
+
+/// Like [`device`], with the device policy attached to the certificate only if `policy`.
+pub async fn device_with_policy(
+    moto: &Moto,
+    aws: &Aws,
+    name: &str,
+    group: Option<&str>,
+    policy: bool,
+    core: bool,
+) -> String {
+    thing(aws, name, group).await;
     let cert = aws
         .iot
         .create_keys_and_certificate()
@@ -199,20 +222,22 @@ pub async fn device(
     let arn = cert.certificate_arn().unwrap().to_owned();
     aws.iot
         .attach_thing_principal()
-        .thing_name(thing)
+        .thing_name(name)
         .principal(&arn)
         .send()
         .await
         .unwrap();
-    aws.iot
-        .attach_policy()
-        .policy_name(DEVICE_POLICY)
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
+    if policy {
+        aws.iot
+            .attach_policy()
+            .policy_name(DEVICE_POLICY)
+            .target(&arn)
+            .send()
+            .await
+            .unwrap();
+    }
     if core {
-        moto.seed_core_device(thing);
+        moto.seed_core_device(name);
     }
     arn
 }
