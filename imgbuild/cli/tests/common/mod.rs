@@ -72,6 +72,74 @@ pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
         .expect("run imgbuild")
 }
 
+/// Runs `imgbuild --board BOARD --base BASE EXTRA…` (a build) in `cwd`.
+pub fn run_build(cwd: &Path, board: &str, base: &str, extra: &[&str]) -> Output {
+    imgbuild(
+        cwd,
+        &[&["--board", board, "--base", base][..], extra].concat(),
+    )
+}
+
+/// Asserts a run succeeded (its stderr in the message if not) and returns its stderr.
+pub fn assert_ok(o: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "imgbuild failed: {stderr}");
+    stderr
+}
+
+/// A fresh project directory holding a sparse copy of the fixture (`layout`, `block_size`, no
+/// filler) as `base.img`: the fixture, the directory and the copy's path.
+pub fn fixture_base(layout: Layout, block_size: u32) -> (Fixture, tempfile::TempDir, PathBuf) {
+    let f = fixture(layout, block_size, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = copy_base(&f, dir.path(), "base.img");
+    (f, dir, base)
+}
+
+/// Writes the project config `dir/imgbuild.toml`.
+pub fn write_config(dir: &Path, toml: &str) {
+    std::fs::write(dir.join("imgbuild.toml"), toml)
+        .unwrap_or_else(|e| panic!("write {}/imgbuild.toml: {e}", dir.display()));
+}
+
+/// Parses the JSON file at `path` (a build's `manifest.json`, say).
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Makes a self-signed EC certificate `dir/NAME.EXT` on `curve` for `subject`, valid `days`,
+/// and its key `dir/NAME.key`, with the real openssl (`req -x509` marks it CA:TRUE through
+/// Debian's v3_ca).
+pub fn self_signed(dir: &Path, name: &str, ext: &str, curve: &str, subject: &str, days: u32) {
+    let o = run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg(format!("ec_paramgen_curve:{curve}"))
+        .args(["-nodes", "-subj", subject, "-days", &days.to_string()])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.{ext}"))));
+    assert!(
+        o.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Makes a P-256 claim certificate `dir/NAME.crt` and key `dir/NAME.key` valid `days`.
+pub fn claim(dir: &Path, name: &str, days: u32) {
+    self_signed(dir, name, "crt", "P-256", "/CN=claim", days);
+}
+
+/// The project config of `tests/data/greengrass.toml` (hostname and a `[greengrass]` section,
+/// last, so a caller may append keys to it) with the claim certificate `cert` and key `key`.
+pub fn greengrass_config(cert: &str, key: &str) -> String {
+    include_str!("../data/greengrass.toml")
+        .replace("{claim_cert}", cert)
+        .replace("{claim_key}", key)
+}
+
 /// Runs the real binary in `cwd` with the AWS environment of `moto` (no profile, `HOME` = `cwd`,
 /// no terminal on stdin) and the test cache.
 pub fn imgbuild_aws(moto: &imgbuild_testkit::moto::Moto, cwd: &Path, args: &[&str]) -> Output {
