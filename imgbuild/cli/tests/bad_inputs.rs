@@ -12,19 +12,9 @@ use std::process::Command;
 /// Builds `base` with `config`, expects a clean failure naming `needles`; returns stderr.
 fn fails(base: &Path, board: &str, config: &str, needles: &[&str]) -> String {
     let dir = base.parent().expect("parent");
-    std::fs::write(dir.join("imgbuild.toml"), config).expect("write config");
+    write_config(dir, config);
     let before = sha256_file(base);
-    let o = imgbuild(
-        dir,
-        &[
-            "--board",
-            board,
-            "--base",
-            base.to_str().expect("utf8"),
-            "--out",
-            "dist",
-        ],
-    );
+    let o = run_build(dir, board, base.to_str().expect("utf8"), &["--out", "dist"]);
     assert_fails(&o, &dir.join("dist"), needles);
     assert_eq!(sha256_file(base), before, "the base file changed");
     let strays: Vec<_> = std::fs::read_dir(dir)
@@ -37,14 +27,10 @@ fn fails(base: &Path, board: &str, config: &str, needles: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn rpi_base(dir: &Path) -> std::path::PathBuf {
-    copy_base(&fixture(Layout::RpiOs, 4096, 0), dir, "base.img")
-}
-
 #[test]
 fn truncated_xz_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let xz = compress(&rpi_base(dir.path()), Compression::Xz);
+    let (_, _dir, base) = fixture_base(Layout::RpiOs, 4096);
+    let xz = compress(&base, Compression::Xz);
     let len = std::fs::metadata(&xz).expect("stat").len();
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -75,12 +61,7 @@ fn zeros_have_no_partition_table() {
 
 #[test]
 fn labels_that_do_not_match_the_board() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(
-        &fixture(Layout::DebianRaspi, 4096, 0),
-        dir.path(),
-        "base.img",
-    );
+    let (_, _dir, base) = fixture_base(Layout::DebianRaspi, 4096);
     fails(
         &base,
         "rpi4",
@@ -97,22 +78,14 @@ fn labels_that_do_not_match_the_board() {
 
 #[test]
 fn ext4_needing_journal_recovery_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let base = copy_base(&f, dir.path(), "base.img");
-    let spec = format!("{}?offset={}", base.display(), f.root.offset_bytes);
-    let o = run(Command::new("debugfs")
-        .args(["-w", "-R", "feature needs_recovery"])
-        .arg(&spec));
-    assert!(o.status.success());
+    let (f, _dir, base) = fixture_base(Layout::RpiOs, 4096);
+    debugfs_write(&base, f.root.offset_bytes, "feature needs_recovery");
     fails(&base, "rpi4", "hostname = \"x\"\n", &["needs recovery"]);
 }
 
 #[test]
 fn root_fs_too_full_for_the_payload() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
     let free = {
         let o = run(Command::new(env!("CARGO_BIN_EXE_imgbuild"))
             .args(["inspect", "--json"])
@@ -144,8 +117,7 @@ fn root_fs_too_full_for_the_payload() {
 
 #[test]
 fn config_errors_name_what_is_wrong() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = rpi_base(dir.path());
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
     fails(
         &base,
         "rpi4",
@@ -204,6 +176,19 @@ fn debugfs_write(base: &Path, offset: u64, request: &str) {
     assert!(o.status.success(), "debugfs {request}: {o:?}");
 }
 
+/// The first data block of `path` in the root file system of `base`, from debugfs.
+fn first_block(base: &Path, offset: u64, path: &str) -> u64 {
+    let spec = format!("{}?offset={offset}", base.display());
+    let o = run(Command::new("debugfs")
+        .args(["-R", &format!("blocks {path}")])
+        .arg(&spec));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no data block of {path} in debugfs output: {o:?}"))
+}
+
 /// The first block of the block bitmap of group 0 of the root file system, from debugfs.
 fn block_bitmap_block(base: &Path, offset: u64) -> u64 {
     let spec = format!("{}?offset={offset}", base.display());
@@ -223,20 +208,10 @@ fn block_bitmap_block(base: &Path, offset: u64) -> u64 {
 
 #[test]
 fn root_with_used_blocks_marked_free_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (f, _dir, base) = fixture_base(Layout::RpiOs, 4096);
     // Blocks of a file in use, marked free with valid checksums: exactly what would make the
     // patch stage allocate (and overwrite) live data.
-    let spec = format!("{}?offset={}", base.display(), f.root.offset_bytes);
-    let o = run(Command::new("debugfs")
-        .args(["-R", "blocks /etc/passwd"])
-        .arg(&spec));
-    let first: u64 = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|b| b.parse().ok())
-        .expect("a data block of /etc/passwd");
+    let first = first_block(&base, f.root.offset_bytes, "/etc/passwd");
     debugfs_write(&base, f.root.offset_bytes, &format!("freeb {first} 1"));
     assert!(!imgbuild_testkit::e2fsck_clean(&base, f.root.offset_bytes).0);
     fails(
@@ -249,9 +224,7 @@ fn root_with_used_blocks_marked_free_is_refused() {
 
 #[test]
 fn root_with_a_corrupt_block_bitmap_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (f, _dir, base) = fixture_base(Layout::RpiOs, 4096);
     // Overwrite group 0's block bitmap with zeros behind libext2fs's back (no checksum update).
     let bitmap = block_bitmap_block(&base, f.root.offset_bytes);
     let at = f.root.offset_bytes + bitmap * u64::from(f.ext4_block_size);
@@ -272,9 +245,7 @@ fn root_with_a_corrupt_block_bitmap_is_refused() {
 
 #[test]
 fn boot_fat_with_a_broken_cluster_chain_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (f, _dir, base) = fixture_base(Layout::RpiOs, 4096);
     // Mark every cluster of the first FAT free except the reserved entries (the second FAT
     // still has the chains): files now point at free clusters.
     let mut sector = [0u8; 512];
@@ -302,8 +273,7 @@ fn boot_fat_with_a_broken_cluster_chain_is_refused() {
 
 #[test]
 fn install_section_naming_a_path_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = rpi_base(dir.path());
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
     for (key, value) in [
         ("Alias", "../../../etc/shadow"),
         ("WantedBy", "../../../etc/x.target"),
@@ -327,8 +297,7 @@ fn install_section_naming_a_path_is_refused() {
 
 #[test]
 fn templates_cannot_read_the_environment() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = rpi_base(dir.path());
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
     std::fs::create_dir_all(dir.path().join("templates")).expect("mkdir");
     std::fs::write(
         dir.path().join("templates/t.tera"),
@@ -345,28 +314,13 @@ fn templates_cannot_read_the_environment() {
 
 #[test]
 fn a_clean_verdict_is_remembered_by_the_base_sha256() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = rpi_base(dir.path());
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
     let cache = dir.path().join("cache");
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"v\"\n").expect("config");
+    let (base_arg, cache_arg) = (base.to_str().expect("utf8"), cache.to_str().expect("utf8"));
+    write_config(dir.path(), "hostname = \"v\"\n");
     let build = |out: &str| {
-        let o = imgbuild(
-            dir.path(),
-            &[
-                "-v",
-                "--board",
-                "rpi4",
-                "--base",
-                base.to_str().expect("utf8"),
-                "--cache-dir",
-                cache.to_str().expect("utf8"),
-                "--out",
-                out,
-            ],
-        );
-        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{stderr}");
-        stderr
+        let args = ["-v", "--cache-dir", cache_arg, "--out", out];
+        assert_ok(&run_build(dir.path(), "rpi4", base_arg, &args))
     };
     let first = build("a");
     assert!(!first.contains("known clean"), "{first}");
@@ -385,29 +339,15 @@ fn a_clean_verdict_is_remembered_by_the_base_sha256() {
     // A damaged copy (another sha256) is checked, refused, and not remembered.
     let f = fixture(Layout::RpiOs, 4096, 0);
     let bad = copy_base(&f, dir.path(), "bad.img");
-    let spec = format!("{}?offset={}", bad.display(), f.root.offset_bytes);
-    let o = run(Command::new("debugfs")
-        .args(["-R", "blocks /etc/passwd"])
-        .arg(&spec));
-    let first_block = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
-        .expect("a block");
-    debugfs_write(&bad, f.root.offset_bytes, &format!("freeb {first_block} 1"));
+    let block = first_block(&bad, f.root.offset_bytes, "/etc/passwd");
+    debugfs_write(&bad, f.root.offset_bytes, &format!("freeb {block} 1"));
     for _ in 0..2 {
-        let o = imgbuild(
+        let bad = bad.to_str().expect("utf8");
+        let o = run_build(
             dir.path(),
-            &[
-                "--board",
-                "rpi4",
-                "--base",
-                bad.to_str().expect("utf8"),
-                "--cache-dir",
-                cache.to_str().expect("utf8"),
-                "--out",
-                "c",
-            ],
+            "rpi4",
+            bad,
+            &["--cache-dir", cache_arg, "--out", "c"],
         );
         assert_fails(&o, &dir.path().join("c"), &["is not clean"]);
     }

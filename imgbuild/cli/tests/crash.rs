@@ -15,7 +15,6 @@
 
 mod common;
 
-#[allow(unused_imports)]
 use common::*;
 use imgbuild_testkit::{run, FixtureOptions, Layout};
 use std::os::unix::fs::PermissionsExt;
@@ -46,32 +45,8 @@ fn tiny() -> &'static imgbuild_testkit::Fixture {
 /// A project in `dir` with a `[greengrass]` section and a claim certificate and key made by
 /// the real openssl; returns the key file.
 fn greengrass_project(dir: &Path) -> PathBuf {
-    let o = run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=claim"])
-        .args(["-days", "365", "-keyout"])
-        .arg(dir.join("claim.key"))
-        .arg("-out")
-        .arg(dir.join("claim.crt")));
-    assert!(
-        o.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    std::fs::write(
-        dir.join("imgbuild.toml"),
-        r#"hostname = "gg-1"
-[greengrass]
-region = "eu-west-1"
-data_endpoint = "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"
-credential_endpoint = "c1d2e3f4g5h6i7.credentials.iot.eu-west-1.amazonaws.com"
-role_alias = "GreengrassCoreTokenExchangeRoleAlias"
-provisioning_template = "FleetTemplate"
-claim_cert = "claim.crt"
-claim_key = "claim.key"
-"#,
-    )
-    .expect("config");
+    claim(dir, "claim", 365);
+    write_config(dir, &greengrass_config("claim.crt", "claim.key"));
     dir.join("claim.key")
 }
 
