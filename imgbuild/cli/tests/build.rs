@@ -11,8 +11,9 @@ use imgbuild_testkit::{
 use std::path::Path;
 use std::process::Command;
 
-/// Writes a project (config, overlay with overlay.toml, a template) into `dir`.
-fn project(dir: &Path, board: &str, extra: &str) {
+/// Writes a project (config `tests/data/project.toml`, overlay with overlay.toml, a template)
+/// into `dir`.
+fn project(dir: &Path, board: &str) {
     let ov = dir.join("rootfs-overlay");
     std::fs::create_dir_all(ov.join("etc/app")).expect("mkdir");
     std::fs::create_dir_all(ov.join("usr/local/bin")).expect("mkdir");
@@ -42,37 +43,10 @@ fn project(dir: &Path, board: &str, extra: &str) {
         "Welcome to {{ hostname }} ({{ user.name }})\n",
     )
     .expect("write");
-    let config = format!(
-        r#"board = "{board}"
-hostname = "gg-node-7"
-overlays = ["rootfs-overlay"]
-
-[user]
-name = "admin"
-ssh_authorized_keys = ["{SSH_KEY}"]
-
-[boot]
-cmdline_append = ["cgroup_enable=memory", "cgroup_memory=1"]
-
-[boot.config]
-dtparam = "audio=off"
-enable_uart = "1"
-
-[[file]]
-path = "/etc/imgbuild-release"
-content = "built by imgbuild\n"
-mode = "0640"
-owner = "root:adm"
-
-[[template]]
-source = "motd.tera"
-path = "/etc/motd"
-
-[systemd]
-enable = ["hello.service", "ssh.service"]
-{extra}"#
-    );
-    std::fs::write(dir.join("imgbuild.toml"), config).expect("write config");
+    let config = include_str!("data/project.toml")
+        .replace("{board}", board)
+        .replace("{ssh_key}", SSH_KEY);
+    write_config(dir, &config);
 }
 
 fn stat(img: &Path, f: &Fixture, path: &str) -> imgbuild_testkit::ExtStat {
@@ -83,24 +57,13 @@ fn stat(img: &Path, f: &Fixture, path: &str) -> imgbuild_testkit::ExtStat {
 /// Builds `base` with the project in `dir` and returns the decompressed result after checking
 /// the artifacts with xz -t and sha256sum -c.
 fn build_ok(dir: &Path, board: &str, base: &Path) -> std::path::PathBuf {
-    let o = imgbuild(
+    let base = base.to_str().expect("utf8");
+    assert_ok(&run_build(
         dir,
-        &[
-            "--board",
-            board,
-            "--base",
-            base.to_str().expect("utf8"),
-            "--out",
-            "dist",
-            "--name",
-            "img",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "build failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+        board,
+        base,
+        &["--out", "dist", "--name", "img"],
+    ));
     let dist = dir.join("dist");
     let xz = dist.join("img.img.xz");
     assert!(
@@ -122,13 +85,11 @@ fn build_ok(dir: &Path, board: &str, base: &Path) -> std::path::PathBuf {
 
 #[test]
 fn rpi_os_build_injects_everything_and_stays_clean() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let (f, dir, raw_base) = fixture_base(Layout::RpiOs, 4096);
     let base = compress(&raw_base, Compression::Xz);
     let base_sha = sha256_file(&base);
     let table_before = sfdisk_dump(&raw_base).replace(raw_base.to_str().expect("utf8"), "IMG");
-    project(dir.path(), "rpi4", "");
+    project(dir.path(), "rpi4");
     let img = build_ok(dir.path(), "rpi4", &base);
 
     assert_eq!(sha256_file(&base), base_sha, "the base file changed");
@@ -236,10 +197,7 @@ fn rpi_os_build_injects_everything_and_stays_clean() {
         "/etc/systemd/system/hello.service"
     );
     // The manifest lists each written file with hash, mode and owner.
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("dist/manifest.json")).expect("manifest"),
-    )
-    .expect("json");
+    let m = read_json(&dir.path().join("dist/manifest.json"));
     assert_eq!(m["board"], "rpi4");
     assert_eq!(m["base"]["sha256"], base_sha.as_str());
     let files = m["files"].as_array().expect("files");
@@ -282,11 +240,9 @@ fn sha256_hex(b: &[u8]) -> String {
 
 #[test]
 fn debian_raspi_1k_blocks_gzip_base_creates_user_in_root_fs() {
-    let f = fixture(Layout::DebianRaspi, 1024, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let (f, dir, raw_base) = fixture_base(Layout::DebianRaspi, 1024);
     let base = compress(&raw_base, Compression::Gzip);
-    project(dir.path(), "rpi4-debian", "");
+    project(dir.path(), "rpi4-debian");
     let img = build_ok(dir.path(), "rpi4-debian", &base);
     assert_fs_clean(&img, &f);
     let off = f.root.offset_bytes;
@@ -360,13 +316,11 @@ fn debian_raspi_1k_blocks_gzip_base_creates_user_in_root_fs() {
 
 #[test]
 fn generic_gpt_zstd_base_keeps_both_gpt_headers_valid() {
-    let f = fixture(Layout::GenericGpt, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let (f, dir, raw_base) = fixture_base(Layout::GenericGpt, 4096);
     let before = sgdisk_verify(&raw_base);
     assert!(before.contains("No problems found"), "{before}");
     let base = compress(&raw_base, Compression::Zstd);
-    project(dir.path(), "generic-arm64", "");
+    project(dir.path(), "generic-arm64");
     // The ESP is mounted at /boot/efi: no cmdline.txt there, so drop the boot edits.
     let cfg = std::fs::read_to_string(dir.path().join("imgbuild.toml")).expect("read");
     let cfg = cfg
@@ -378,7 +332,7 @@ fn generic_gpt_zstd_base_keeps_both_gpt_headers_valid() {
             "[boot.config]\ndtparam = \"audio=off\"\nenable_uart = \"1\"\n",
             "",
         );
-    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("write");
+    write_config(dir.path(), &cfg);
     let img = build_ok(dir.path(), "generic-arm64", &base);
     assert_eq!(sgdisk_verify(&img), before);
     assert_fs_clean(&img, &f);
@@ -390,9 +344,7 @@ fn generic_gpt_zstd_base_keeps_both_gpt_headers_valid() {
 
 #[test]
 fn five_hundred_entries_into_a_hashed_directory() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (f, dir, base) = fixture_base(Layout::RpiOs, 4096);
     let ov = dir.path().join("ov");
     let big = ov.join(f.big_dir.trim_start_matches('/'));
     std::fs::create_dir_all(&big).expect("mkdir");
@@ -403,7 +355,7 @@ fn five_hundred_entries_into_a_hashed_directory() {
         )
         .expect("write");
     }
-    std::fs::write(dir.path().join("imgbuild.toml"), "overlays = [\"ov\"]\n").expect("write");
+    write_config(dir.path(), "overlays = [\"ov\"]\n");
     let img = build_ok(dir.path(), "rpi4", &base);
     assert_fs_clean(&img, &f);
     let names = debugfs_ls(&img, f.root.offset_bytes, &f.big_dir);
@@ -428,26 +380,12 @@ fn five_hundred_entries_into_a_hashed_directory() {
 
 #[test]
 fn uncompressed_output_is_a_sparse_raw_image() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(&f, dir.path(), "base.img");
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"raw1\"\n").expect("write");
+    let (f, dir, base) = fixture_base(Layout::RpiOs, 4096);
+    write_config(dir.path(), "hostname = \"raw1\"\n");
     let base = base.to_str().expect("utf8");
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            base,
-            "--compress",
-            "none",
-            "--name",
-            "x",
-            "--json",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = ["--compress", "none", "--name", "x", "--json"];
+    let o = run_build(dir.path(), "rpi4", base, &args);
+    assert_ok(&o);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
     let img = dir.path().join("dist/x.img");
     assert_eq!(summary["image"]["sha256"], sha256_file(&img).as_str());
@@ -469,19 +407,16 @@ fn uncompressed_output_is_a_sparse_raw_image() {
 
 #[test]
 fn same_inputs_give_byte_identical_output_and_bmaptool_accepts_the_bmap() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(&f, dir.path(), "base.img");
-    project(dir.path(), "rpi4", "");
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
+    project(dir.path(), "rpi4");
     let base = base.to_str().expect("utf8");
     for out in ["one", "two"] {
-        let o = imgbuild(
+        assert_ok(&run_build(
             dir.path(),
-            &[
-                "--board", "rpi4", "--base", base, "--out", out, "--name", "d",
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            "rpi4",
+            base,
+            &["--out", out, "--name", "d"],
+        ));
     }
     let one = dir.path().join("one/d.img.xz");
     assert_eq!(
@@ -532,35 +467,18 @@ fn logged(stderr: &str, key: &str) -> u64 {
 
 #[test]
 fn warm_rebuild_recompresses_only_written_chunks_and_matches_a_cold_build() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (f, dir, base) = fixture_base(Layout::RpiOs, 4096);
     let base = base.to_str().expect("utf8");
     let warm = dir.path().join("warm-cache");
     let cold = dir.path().join("cold-cache");
     let build = |cache: &Path, out: &str| {
-        let o = imgbuild(
-            dir.path(),
-            &[
-                "--board",
-                "rpi4",
-                "--base",
-                base,
-                "--out",
-                out,
-                "--name",
-                "w",
-                "-v",
-                "--cache-dir",
-                cache.to_str().expect("utf8"),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        let cache = cache.to_str().expect("utf8");
+        let args = ["--out", out, "--name", "w", "-v", "--cache-dir", cache];
+        assert_ok(&run_build(dir.path(), "rpi4", base, &args))
     };
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"first\"\n").expect("config");
+    write_config(dir.path(), "hostname = \"first\"\n");
     let first = build(&warm, "a");
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"second\"\n").expect("config");
+    write_config(dir.path(), "hostname = \"second\"\n");
     let second = build(&warm, "b");
     build(&cold, "c");
     assert_eq!(
@@ -585,35 +503,19 @@ fn warm_rebuild_recompresses_only_written_chunks_and_matches_a_cold_build() {
 
 #[test]
 fn a_compressed_local_base_is_decompressed_once_into_the_cache() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let raw_base = copy_base(&f, dir.path(), "base.img");
+    let (f, dir, raw_base) = fixture_base(Layout::RpiOs, 4096);
     let base = compress(&raw_base, Compression::Xz);
     let base_sha = sha256_file(&base);
     let cache = dir.path().join("cache");
+    let base_arg = base.to_str().expect("utf8");
     let build = |out: &str| {
-        let o = imgbuild(
-            dir.path(),
-            &[
-                "--board",
-                "rpi4",
-                "--base",
-                base.to_str().expect("utf8"),
-                "--out",
-                out,
-                "--name",
-                "c",
-                "--cache-dir",
-                cache.to_str().expect("utf8"),
-                "-v",
-            ],
-        );
-        let log = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{log}");
+        let cache = cache.to_str().expect("utf8");
+        let args = ["--out", out, "--name", "c", "--cache-dir", cache, "-v"];
+        let log = assert_ok(&run_build(dir.path(), "rpi4", base_arg, &args));
         let out = dir.path().join(out);
         (unxz(&out.join("c.img.xz"), &out), log)
     };
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"cached\"\n").expect("config");
+    write_config(dir.path(), "hostname = \"cached\"\n");
     let (first, log1) = build("one");
     // The raw image is in the cache under the sha256 of the .xz, which the manifest records.
     let cached = cache.join("raw").join(format!("{base_sha}.img"));
@@ -622,10 +524,7 @@ fn a_compressed_local_base_is_decompressed_once_into_the_cache() {
         sha256_file(&raw_base),
         "cached raw image"
     );
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("one/manifest.json")).expect("manifest"),
-    )
-    .expect("json");
+    let manifest = read_json(&dir.path().join("one/manifest.json"));
     assert_eq!(manifest["base"]["sha256"], base_sha.as_str());
     assert!(
         log1.contains("base: decompressing into the cache"),

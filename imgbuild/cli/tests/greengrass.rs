@@ -9,45 +9,9 @@ use imgbuild_testkit::{debugfs_cat, debugfs_readlink, debugfs_stat, mtype, run, 
 use std::path::Path;
 use std::process::Command;
 
-/// Makes a self-signed P-256 claim certificate and key in `dir` with the real openssl.
-fn claim(dir: &Path, name: &str, days: u32) {
-    let o = run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=claim",
-        ])
-        .args(["-days", &days.to_string(), "-keyout"])
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-out")
-        .arg(dir.join(format!("{name}.crt"))));
-    assert!(
-        o.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
+/// The project config of [`greengrass_config`] with the thing group `fleet`.
 fn config(cert: &str, key: &str) -> String {
-    format!(
-        r#"hostname = "gg-1"
-[greengrass]
-region = "eu-west-1"
-data_endpoint = "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"
-credential_endpoint = "c1d2e3f4g5h6i7.credentials.iot.eu-west-1.amazonaws.com"
-role_alias = "GreengrassCoreTokenExchangeRoleAlias"
-provisioning_template = "FleetTemplate"
-thing_group = "fleet"
-claim_cert = "{cert}"
-claim_key = "{key}"
-"#
-    )
+    greengrass_config(cert, key) + "thing_group = \"fleet\"\n"
 }
 
 /// The base64 body lines of a PEM key (what must never be printed).
@@ -60,34 +24,30 @@ fn key_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that no body line of the PEM key at `key` is in any of `texts`.
+fn assert_key_not_printed(key: &Path, texts: &[&str]) {
+    for l in key_lines(key) {
+        assert!(texts.iter().all(|t| !t.contains(&l)), "claim key printed");
+    }
+}
+
+/// Writes the project's own plugin config template (in the user's templates_dir, default
+/// "templates").
+fn project_template(dir: &Path, text: &str) {
+    let tdir = dir.join("templates/greengrass");
+    std::fs::create_dir_all(&tdir).expect("mkdir");
+    std::fs::write(tdir.join("fleet-provisioning.yaml.tera"), text).expect("template");
+}
+
 #[test]
 fn greengrass_payload_lands_with_modes_and_the_unit_enabled() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_base(&f, dir.path(), "base.img");
+    let (f, dir, _) = fixture_base(Layout::RpiOs, 4096);
     claim(dir.path(), "claim", 365);
-    std::fs::write(
-        dir.path().join("imgbuild.toml"),
-        config("claim.crt", "claim.key"),
-    )
-    .expect("config");
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board", "rpi4", "--base", "base.img", "-vv", "--name", "gg",
-        ],
-    );
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(o.status.success(), "{stderr}");
-    for l in key_lines(&dir.path().join("claim.key")) {
-        assert!(
-            !stdout.contains(&l) && !stderr.contains(&l),
-            "claim key printed"
-        );
-    }
+    write_config(dir.path(), &config("claim.crt", "claim.key"));
+    let o = run_build(dir.path(), "rpi4", "base.img", &["-vv", "--name", "gg"]);
+    let stderr = assert_ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_key_not_printed(&dir.path().join("claim.key"), &[&stdout, &stderr]);
     let img = unxz(&dir.path().join("dist/gg.img.xz"), dir.path());
     assert_fs_clean(&img, &f);
     let off = f.root.offset_bytes;
@@ -169,34 +129,14 @@ fn greengrass_payload_lands_with_modes_and_the_unit_enabled() {
     );
 }
 
-/// A CA certificate made by the real openssl (`req -x509` marks it CA:TRUE through Debian's v3_ca).
+/// A P-384 CA certificate `dir/NAME.pem` made by the real openssl.
 fn ca(dir: &Path, name: &str) {
-    let o = run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-384",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=Test Root CA 3", "-days", "30", "-keyout"])
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-out")
-        .arg(dir.join(format!("{name}.pem"))));
-    assert!(
-        o.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    self_signed(dir, name, "pem", "P-384", "/CN=Test Root CA 3", 30);
 }
 
 #[test]
 fn project_template_and_root_ca_land_in_the_image() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_base(&f, dir.path(), "base.img");
+    let (f, dir, _) = fixture_base(Layout::RpiOs, 4096);
     claim(dir.path(), "claim", 365);
     ca(dir.path(), "ca3");
     ca(dir.path(), "proxy-ca");
@@ -206,25 +146,22 @@ fn project_template_and_root_ca_land_in_the_image() {
     ]
     .concat();
     std::fs::write(dir.path().join("bundle.pem"), &bundle).expect("bundle");
-    // The project's own plugin config template (the user's templates_dir, default "templates").
-    let tdir = dir.path().join("templates/greengrass");
-    std::fs::create_dir_all(&tdir).expect("mkdir");
-    std::fs::write(
-        tdir.join("fleet-provisioning.yaml.tera"),
+    project_template(
+        dir.path(),
         "# site template\nservices:\n  aws.greengrass.FleetProvisioningByClaim:\n    configuration:\n      \
          iotDataEndpoint: {{ data_endpoint | json_encode() }}\n      rootCaPath: {{ root_ca_path | json_encode() }}\n      \
          mqttPort: {{ mqtt_port }}\n      dataPlane: {{ data_plane_port }}\n      templateParameters:\n        \
          SerialNumber: \"{{ serial_placeholder }}\"\n",
-    )
-    .expect("template");
+    );
     let cfg = config("claim.crt", "claim.key")
         + "root_ca = \"bundle.pem\"\nmqtt_port = 443\nproxy_url = \"https://proxy.example:8443\"\n";
-    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
-    let o = imgbuild(
+    write_config(dir.path(), &cfg);
+    assert_ok(&run_build(
         dir.path(),
-        &["--board", "rpi4", "--base", "base.img", "--name", "gg"],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        "rpi4",
+        "base.img",
+        &["--name", "gg"],
+    ));
     let img = unxz(&dir.path().join("dist/gg.img.xz"), dir.path());
     assert_fs_clean(&img, &f);
     let off = f.root.offset_bytes;
@@ -249,92 +186,62 @@ fn project_template_and_root_ca_land_in_the_image() {
 
 #[test]
 fn bad_root_ca_or_project_template_fails_the_build_naming_the_file() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_base(&f, dir.path(), "base.img");
+    let (_, dir, _) = fixture_base(Layout::RpiOs, 4096);
     claim(dir.path(), "claim", 365);
+    // Builds with `cfg`, expects a failure naming `needles`, returns stderr.
+    let fails = |cfg: &str, needles: &[&str]| {
+        write_config(dir.path(), cfg);
+        let o = run_build(dir.path(), "rpi4", "base.img", &[]);
+        assert_fails(&o, &dir.path().join("dist"), needles);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
     // A claim key given as root_ca: refused without printing it.
-    let cfg = config("claim.crt", "claim.key") + "root_ca = \"claim.key\"\n";
-    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
-    let o = imgbuild(dir.path(), &["--board", "rpi4", "--base", "base.img"]);
-    assert_fails(
-        &o,
-        &dir.path().join("dist"),
+    let stderr = fails(
+        &(config("claim.crt", "claim.key") + "root_ca = \"claim.key\"\n"),
         &["root_ca", "claim.key", "not a CERTIFICATE"],
     );
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    for l in key_lines(&dir.path().join("claim.key")) {
-        assert!(!stderr.contains(&l), "claim key printed");
-    }
+    assert_key_not_printed(&dir.path().join("claim.key"), &[&stderr]);
     // https proxy without root_ca.
-    let cfg = config("claim.crt", "claim.key") + "proxy_url = \"https://proxy:8443\"\n";
-    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
-    let o = imgbuild(dir.path(), &["--board", "rpi4", "--base", "base.img"]);
-    assert_fails(&o, &dir.path().join("dist"), &["proxy_url", "root_ca"]);
+    fails(
+        &(config("claim.crt", "claim.key") + "proxy_url = \"https://proxy:8443\"\n"),
+        &["proxy_url", "root_ca"],
+    );
     // A project template with an unknown variable.
-    std::fs::write(
-        dir.path().join("imgbuild.toml"),
-        config("claim.crt", "claim.key"),
-    )
-    .expect("config");
-    let tdir = dir.path().join("templates/greengrass");
-    std::fs::create_dir_all(&tdir).expect("mkdir");
-    std::fs::write(
-        tdir.join("fleet-provisioning.yaml.tera"),
-        "x: {{ thing_nmae }}\n",
-    )
-    .expect("template");
-    let o = imgbuild(dir.path(), &["--board", "rpi4", "--base", "base.img"]);
-    assert_fails(
-        &o,
-        &dir.path().join("dist"),
+    project_template(dir.path(), "x: {{ thing_nmae }}\n");
+    fails(
+        &config("claim.crt", "claim.key"),
         &["fleet-provisioning.yaml.tera", "thing_nmae"],
     );
 }
 
 #[test]
 fn mismatched_claim_key_is_refused_without_printing_it() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
     claim(dir.path(), "a", 365);
     claim(dir.path(), "b", 365);
-    std::fs::write(dir.path().join("imgbuild.toml"), config("a.crt", "b.key")).expect("config");
-    let o = imgbuild(
-        dir.path(),
-        &["--board", "rpi4", "--base", base.to_str().expect("utf8")],
-    );
+    write_config(dir.path(), &config("a.crt", "b.key"));
+    let o = run_build(dir.path(), "rpi4", base.to_str().expect("utf8"), &[]);
     assert_fails(&o, &dir.path().join("dist"), &["b.key"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    for l in key_lines(&dir.path().join("b.key")) {
-        assert!(!stderr.contains(&l), "claim key printed");
-    }
+    assert_key_not_printed(&dir.path().join("b.key"), &[&stderr]);
 }
 
 #[test]
 fn preseed_without_greengrass_is_an_error() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(&f, dir.path(), "base.img");
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"x\"\n").expect("config");
-    let o = imgbuild(
+    let (_, dir, base) = fixture_base(Layout::RpiOs, 4096);
+    write_config(dir.path(), "hostname = \"x\"\n");
+    let o = run_build(
         dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            base.to_str().expect("utf8"),
-            "--preseed",
-        ],
+        "rpi4",
+        base.to_str().expect("utf8"),
+        &["--preseed"],
     );
     assert_fails(&o, &dir.path().join("dist"), &["--preseed", "[greengrass]"]);
 }
 
 #[test]
 fn preseed_puts_nucleus_plugin_and_arm64_debs_into_the_image() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = copy_base(&f, dir.path(), "base.img");
+    let (f, dir, base) = fixture_base(Layout::RpiOs, 4096);
     // The fixture has no apt sources: give it Debian's, as a real image has.
     let spec = format!("{}?offset={}", base.display(), f.root.offset_bytes);
     std::fs::write(
@@ -363,22 +270,9 @@ fn preseed_puts_nucleus_plugin_and_arm64_debs_into_the_image() {
             sha("nucleus.zip"),
             sha("plugin.jar")
         );
-    std::fs::write(dir.path().join("imgbuild.toml"), cfg).expect("config");
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            "base.img",
-            "--preseed",
-            "--compress",
-            "none",
-            "--name",
-            "p",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    write_config(dir.path(), &cfg);
+    let args = ["--preseed", "--compress", "none", "--name", "p"];
+    assert_ok(&run_build(dir.path(), "rpi4", "base.img", &args));
     let img = dir.path().join("dist/p.img");
     assert_fs_clean(&img, &f);
     let off = f.root.offset_bytes;
