@@ -48,6 +48,17 @@ fn snapshot(moto: &Moto) -> String {
     String::from_utf8(moto.boto3(SNAPSHOT, &[]).stdout).unwrap()
 }
 
+/// A moto account seeded with [`SEED`], a project directory whose `allow.txt` allows SN1 and SN2,
+/// and the account's [`snapshot`] before any command.
+fn seeded() -> (Moto, tempfile::TempDir, String) {
+    let moto = Moto::start();
+    moto.boto3(SEED, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("allow.txt"), "SN1\nSN2\n").unwrap();
+    let before = snapshot(&moto);
+    (moto, dir, before)
+}
+
 fn behaviour(moto: &Moto, thing: &str, outcome: &str) {
     moto.boto3(
         &format!(
@@ -62,11 +73,7 @@ fn behaviour(moto: &Moto, thing: &str, outcome: &str) {
 
 #[test]
 fn sync_removals_need_yes_without_a_terminal() {
-    let moto = Moto::start();
-    moto.boto3(SEED, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("allow.txt"), "SN1\nSN2\n").unwrap();
-    let before = snapshot(&moto);
+    let (moto, dir, before) = seeded();
     let sync = [
         "cloud",
         "devices",
@@ -146,11 +153,7 @@ fn imgbuild_on_terminal(moto: &Moto, cwd: &Path, args: &str, answer: &str) -> Ou
 
 #[test]
 fn sync_asks_on_a_terminal_and_only_y_removes() {
-    let moto = Moto::start();
-    moto.boto3(SEED, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("allow.txt"), "SN1\nSN2\n").unwrap();
-    let before = snapshot(&moto);
+    let (moto, dir, before) = seeded();
     let args = "cloud devices sync --allowlist allow.txt --thing-group Fleet";
 
     let o = imgbuild_on_terminal(&moto, dir.path(), args, "n\n");
@@ -178,23 +181,15 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
         r#"{"aws.greengrass.Cli": {"componentVersion": "latest"}}"#,
     )
     .unwrap();
+    // `cloud deploy` of components.json to Fleet, with `extra`.
     let deploy = |extra: &[&str]| {
-        let mut args = vec![
-            "cloud",
-            "deploy",
-            "--thing-group",
-            "Fleet",
-            "--components",
-            "components.json",
-            "--wait",
-            "--poll-interval",
-            "50ms",
-        ];
-        args.extend_from_slice(extra);
+        let args = ["cloud", "deploy", "--thing-group", "Fleet"];
+        let args = [&args[..], &["--components", "components.json"], extra].concat();
         imgbuild_aws(&moto, dir.path(), &args)
     };
+    let wait = ["--wait", "--poll-interval", "50ms"];
 
-    let o = deploy(&[]);
+    let o = deploy(&wait);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
     assert!(out.contains("aws.greengrass.Cli latest -> 2.16.0"), "{out}");
@@ -210,7 +205,7 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
     );
 
     behaviour(&moto, "SN2", "FAILED");
-    let o = deploy(&[]);
+    let o = deploy(&wait);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(3), "{out}{err}");
     assert!(out.contains("  SN2 FAILED"), "{out}");
@@ -221,7 +216,7 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
 
     behaviour(&moto, "SN2", "SUCCEEDED");
     behaviour(&moto, "SN1", "OFFLINE");
-    let o = deploy(&["--timeout", "400ms"]);
+    let o = deploy(&[&wait[..], &["--timeout", "400ms"]].concat());
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(4), "{out}{err}");
     assert!(
@@ -230,20 +225,7 @@ fn deploy_wait_exit_status_tells_success_failure_and_timeout_apart() {
     );
 
     // --timeout without --wait is a usage error.
-    let o = imgbuild_aws(
-        &moto,
-        dir.path(),
-        &[
-            "cloud",
-            "deploy",
-            "--thing-group",
-            "Fleet",
-            "--components",
-            "components.json",
-            "--timeout",
-            "1m",
-        ],
-    );
+    let o = deploy(&["--timeout", "1m"]);
     assert_eq!(o.status.code(), Some(2), "clap usage error");
 }
 
@@ -263,19 +245,12 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
             "role_alias": "GGAlias", "provisioning_template": "FleetTemplate", "thing_group": "Fleet"}"#,
     )
     .unwrap();
-    let o = imgbuild_aws(
-        &moto,
-        dir.path(),
-        &[
-            "cloud",
-            "provisioning",
-            "config",
-            "--claim-dir",
-            "secrets",
-            "--out",
-            "ci-build.toml",
-        ],
-    );
+    // `cloud provisioning config` with the claim directory `claim_dir`, into `out`.
+    let config = |claim_dir: &str, out: &str| {
+        let args = ["cloud", "provisioning", "config", "--claim-dir", claim_dir];
+        imgbuild_aws(&moto, dir.path(), &[&args[..], &["--out", out]].concat())
+    };
+    let o = config("secrets", "ci-build.toml");
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -299,35 +274,11 @@ fn provisioning_config_completes_the_projects_greengrass_section() {
     let doubled = format!("{merged}\n[greengrass]\nregion = \"eu-west-1\"\n");
     assert!(imgbuild_core::config::Config::parse(&doubled, "x").is_err());
     // Overwriting an input is refused.
-    let o = imgbuild_aws(
-        &moto,
-        dir.path(),
-        &[
-            "cloud",
-            "provisioning",
-            "config",
-            "--claim-dir",
-            "s",
-            "--out",
-            "imgbuild.toml",
-        ],
-    );
+    let o = config("s", "imgbuild.toml");
     assert_eq!(o.status.code(), Some(1));
     // Also under another spelling of the same path; the input is left as it was.
     let before = std::fs::read(dir.path().join("imgbuild.toml")).unwrap();
-    let o = imgbuild_aws(
-        &moto,
-        dir.path(),
-        &[
-            "cloud",
-            "provisioning",
-            "config",
-            "--claim-dir",
-            "s",
-            "--out",
-            "./imgbuild.toml",
-        ],
-    );
+    let o = config("s", "./imgbuild.toml");
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("must go to a new file"), "{err}");

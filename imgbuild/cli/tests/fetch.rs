@@ -5,55 +5,91 @@
 mod common;
 
 use common::*;
-use imgbuild_testkit::{compress, sha256_file, Compression, Layout};
-use std::sync::atomic::Ordering;
+use imgbuild_testkit::{compress, sha256_file, Compression, Fixture, Layout};
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The RpiOs fixture's image served as `base.img.xz` by [`serve_dir`], and a project directory
+/// with its own download cache.
+struct Served {
+    f: Fixture,
+    /// The served directory, kept while the server runs.
+    _srv: tempfile::TempDir,
+    /// The served file.
+    xz: PathBuf,
+    /// Its URL.
+    url: String,
+    /// Requests served so far.
+    count: Arc<AtomicUsize>,
+    /// The project directory.
+    dir: tempfile::TempDir,
+    /// `dir/cache`, the `--cache-dir` of [`Served::build`].
+    cache: String,
+}
+
+impl Served {
+    /// Serves the fixture; `hostname`, if any, goes into the project's `imgbuild.toml`.
+    fn new(hostname: Option<&str>) -> Self {
+        let f = fixture(Layout::RpiOs, 4096, 0);
+        let srv = tempfile::tempdir().expect("tempdir");
+        let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
+        let (root, count) = serve_dir(srv.path());
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Some(h) = hostname {
+            write_config(dir.path(), &format!("hostname = \"{h}\"\n"));
+        }
+        let cache = dir.path().join("cache").to_str().expect("utf8").to_string();
+        Self {
+            f,
+            _srv: srv,
+            xz,
+            url: format!("{root}/base.img.xz"),
+            count,
+            dir,
+            cache,
+        }
+    }
+
+    /// `imgbuild --board rpi4 --base URL --cache-dir CACHE EXTRA…` in the project directory.
+    fn build(&self, extra: &[&str]) -> Output {
+        let cache = ["--cache-dir", self.cache.as_str()];
+        run_build(
+            self.dir.path(),
+            "rpi4",
+            &self.url,
+            &[&cache[..], extra].concat(),
+        )
+    }
+
+    /// Requests served so far.
+    fn requests(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// `DIR/name` of the project directory.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
 
 #[test]
 fn url_base_is_downloaded_once_then_served_from_the_cache() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let srv = tempfile::tempdir().expect("tempdir");
-    let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
-    let sha = sha256_file(&xz);
-    let (root, count) = serve_dir(srv.path());
-    let url = format!("{root}/base.img.xz");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"dl\"\n").expect("config");
-    let cache = dir.path().join("cache");
-    let args = [
-        "--board",
-        "rpi4",
-        "--base",
-        &url,
-        "--base-sha256",
-        &sha,
-        "--cache-dir",
-        cache.to_str().expect("utf8"),
-        "--name",
-        "a",
-    ];
-    let o = imgbuild(dir.path(), &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let first = count.load(Ordering::SeqCst);
+    let s = Served::new(Some("dl"));
+    let sha = sha256_file(&s.xz);
+    let args = ["--base-sha256", &sha, "--name", "a"];
+    assert_ok(&s.build(&args));
+    let first = s.requests();
     assert!(first >= 1, "no request was made");
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("dist/manifest.json")).expect("manifest"),
-    )
-    .expect("json");
-    assert_eq!(manifest["base"]["origin"], url.as_str());
+    let manifest = read_json(&s.path("dist/manifest.json"));
+    assert_eq!(manifest["base"]["origin"], s.url.as_str());
     assert_eq!(manifest["base"]["sha256"], sha.as_str());
     assert_eq!(manifest["base"]["insecure_no_verify"], false);
 
-    let o = imgbuild(dir.path(), &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        count.load(Ordering::SeqCst),
-        first,
-        "the second build made a request"
-    );
-    let ls = imgbuild(
-        dir.path(),
-        &["cache", "ls", "--cache-dir", cache.to_str().expect("utf8")],
-    );
+    assert_ok(&s.build(&args));
+    assert_eq!(s.requests(), first, "the second build made a request");
+    let ls = imgbuild(s.dir.path(), &["cache", "ls", "--cache-dir", &s.cache]);
     let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
     assert!(
         ls.lines()
@@ -64,22 +100,7 @@ fn url_base_is_downloaded_once_then_served_from_the_cache() {
         ls.lines().any(|l| l.contains(&sha) && l.starts_with("raw")),
         "raw image not cached: {ls}"
     );
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            &url,
-            "--base-sha256",
-            &sha,
-            "--cache-dir",
-            cache.to_str().expect("utf8"),
-            "--offline",
-            "--name",
-            "b",
-        ],
-    );
+    let o = s.build(&["--base-sha256", &sha, "--offline", "--name", "b"]);
     assert!(
         o.status.success(),
         "offline build from cache: {}",
@@ -89,40 +110,12 @@ fn url_base_is_downloaded_once_then_served_from_the_cache() {
 
 #[test]
 fn wrong_hash_or_no_hash_is_refused() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let srv = tempfile::tempdir().expect("tempdir");
-    compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
-    let (root, _count) = serve_dir(srv.path());
-    let url = format!("{root}/base.img.xz");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cache = dir.path().join("cache");
+    let s = Served::new(None);
     let wrong = "0".repeat(64);
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            &url,
-            "--base-sha256",
-            &wrong,
-            "--cache-dir",
-            cache.to_str().expect("utf8"),
-        ],
-    );
-    assert_fails(&o, &dir.path().join("dist"), &[&url, &wrong]);
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            &url,
-            "--cache-dir",
-            cache.to_str().expect("utf8"),
-        ],
-    );
-    assert_fails(&o, &dir.path().join("dist"), &["--insecure-no-verify"]);
+    let o = s.build(&["--base-sha256", &wrong]);
+    assert_fails(&o, &s.path("dist"), &[&s.url, &wrong]);
+    let o = s.build(&[]);
+    assert_fails(&o, &s.path("dist"), &["--insecure-no-verify"]);
 }
 
 /// `sha512sum FILE`, the oracle.
@@ -137,92 +130,25 @@ fn sha512_file(path: &std::path::Path) -> String {
 
 #[test]
 fn sha512_pins_check_urls_and_local_files() {
-    let f = fixture(Layout::RpiOs, 4096, 0);
-    let srv = tempfile::tempdir().expect("tempdir");
-    let xz = compress(&copy_base(&f, srv.path(), "base.img"), Compression::Xz);
-    let sha512 = sha512_file(&xz);
-    let (root, count) = serve_dir(srv.path());
-    let url = format!("{root}/base.img.xz");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("imgbuild.toml"), "hostname = \"s5\"\n").expect("config");
-    let cache = dir.path().join("cache");
-    let cache_arg = cache.to_str().expect("utf8");
-    let wrong = sha512_file(&f.path);
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            &url,
-            "--base-sha512",
-            &wrong,
-            "--cache-dir",
-            cache_arg,
-        ],
-    );
-    assert_fails(
-        &o,
-        &dir.path().join("dist"),
-        &["sha512 mismatch", &url, &wrong],
-    );
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            &url,
-            "--base-sha512",
-            &sha512,
-            "--cache-dir",
-            cache_arg,
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("dist/manifest.json")).expect("manifest"),
-    )
-    .expect("json");
-    assert_eq!(manifest["base"]["sha256"], sha256_file(&xz).as_str());
+    let s = Served::new(Some("s5"));
+    let sha512 = sha512_file(&s.xz);
+    let wrong = sha512_file(&s.f.path);
+    let o = s.build(&["--base-sha512", &wrong]);
+    assert_fails(&o, &s.path("dist"), &["sha512 mismatch", &s.url, &wrong]);
+    assert_ok(&s.build(&["--base-sha512", &sha512]));
+    let manifest = read_json(&s.path("dist/manifest.json"));
+    assert_eq!(manifest["base"]["sha256"], sha256_file(&s.xz).as_str());
     // The second run finds the download by its sha512 alone, offline.
-    let before = count.load(Ordering::SeqCst);
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            &url,
-            "--base-sha512",
-            &sha512,
-            "--cache-dir",
-            cache_arg,
-            "--offline",
-            "--out",
-            "again",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(count.load(Ordering::SeqCst), before, "no request");
+    let before = s.requests();
+    assert_ok(&s.build(&["--base-sha512", &sha512, "--offline", "--out", "again"]));
+    assert_eq!(s.requests(), before, "no request");
     // A local file is checked against --base-sha512 too.
-    let local = xz.to_str().expect("utf8");
-    let o = imgbuild(
-        dir.path(),
-        &[
-            "--board",
-            "rpi4",
-            "--base",
-            local,
-            "--base-sha512",
-            &wrong,
-            "--out",
-            "local",
-        ],
+    let local = s.xz.to_str().expect("utf8");
+    let o = run_build(
+        s.dir.path(),
+        "rpi4",
+        local,
+        &["--base-sha512", &wrong, "--out", "local"],
     );
-    assert_fails(
-        &o,
-        &dir.path().join("local"),
-        &["sha512 is", &sha512, &wrong],
-    );
+    assert_fails(&o, &s.path("local"), &["sha512 is", &sha512, &wrong]);
 }
